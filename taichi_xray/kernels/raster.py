@@ -1,0 +1,219 @@
+"""Taichi kernels of the path-length rasterizer (forward).
+
+Every kernel takes its arrays as ``ti.types.ndarray()`` (numpy arrays, torch
+tensors or Taichi ndarrays, on any device Taichi can read) and a ``real``
+template argument (``ti.f32`` or ``ti.f64``) that fixes the precision of the
+arithmetic; kernels are compiled once per precision, never per call.
+
+Geometry of one face, for one pixel (u, v) = (c, r):
+
+* coverage: edge functions of the projected triangle, evaluated so that an
+  edge shared by two faces gives values of exactly opposite sign in both
+  (each edge is evaluated from its lower vertex index to its higher one and
+  negated when the face runs the other way), and a top-left tie-break for
+  pixel centres exactly on an edge or vertex. A closed mesh therefore covers
+  every pixel the same number of times from the front as from the back.
+* depth: exact distance from the source along the pixel's ray to the face's
+  plane, ``t = n.(v0 - s) / n.d`` with ``d = M^-1 (u, v, 1)``; the signed
+  depth is ``+t|d|`` where the ray leaves the mesh (``n.d > 0``) and
+  ``-t|d|`` where it enters, so the signed depths of a pixel sum to its path
+  length.
+"""
+
+import taichi as ti
+
+# Status codes written into ``status[0..]`` by the face kernel.
+ST_BEHIND = 0  # faces entirely behind the source plane (culled)
+ST_STRADDLE = 1  # faces crossing the source plane (not rasterized; the caller raises)
+ST_EDGE_ON = 2  # faces seen exactly edge-on (zero projected area; they cover nothing)
+ST_MAX_COUNT = 3  # largest per-pixel coverage count (for K overflow)
+
+
+@ti.kernel
+def project_vertices(
+    V: ti.types.ndarray(),  # (N, 3) world mm
+    cam: ti.types.ndarray(),  # (3, 4) projection matrix
+    out: ti.types.ndarray(),  # (N, 3): u, v, w
+    real: ti.template(),
+):
+    for i in range(V.shape[0]):
+        x = ti.cast(V[i, 0], real)
+        y = ti.cast(V[i, 1], real)
+        z = ti.cast(V[i, 2], real)
+        h0 = cam[0, 0] * x + cam[0, 1] * y + cam[0, 2] * z + cam[0, 3]
+        h1 = cam[1, 0] * x + cam[1, 1] * y + cam[1, 2] * z + cam[1, 3]
+        w = cam[2, 0] * x + cam[2, 1] * y + cam[2, 2] * z + cam[2, 3]
+        out[i, 0] = h0 / w
+        out[i, 1] = h1 / w
+        out[i, 2] = w
+
+
+@ti.func
+def _edge(ia: ti.i32, ib: ti.i32, proj: ti.template(), px: ti.template(), py: ti.template()):
+    """Edge function of the directed edge ia -> ib at (px, py), exactly antisymmetric.
+
+    Returns (value, dx, dy) where (dx, dy) is the edge direction ib - ia.
+    """
+    lo = ti.min(ia, ib)
+    hi = ti.max(ia, ib)
+    ax = proj[lo, 0]
+    ay = proj[lo, 1]
+    dx = proj[hi, 0] - ax
+    dy = proj[hi, 1] - ay
+    e = dx * (py - ay) - dy * (px - ax)
+    if lo != ia:
+        e = -e
+        dx = -dx
+        dy = -dy
+    return e, dx, dy
+
+
+@ti.func
+def _inside(e, dx, dy) -> ti.i32:
+    """Strictly inside, or on the edge and the edge is a top-left edge."""
+    res = 0
+    if e > 0:
+        res = 1
+    elif e == 0:
+        if dy > 0 or (dy == 0 and dx < 0):
+            res = 1
+    return res
+
+
+@ti.kernel
+def rasterize_faces(
+    V: ti.types.ndarray(),  # (N, 3) world mm
+    F: ti.types.ndarray(),  # (M, 3) int32
+    face_mesh: ti.types.ndarray(),  # (M,) int32 mesh id of every face
+    proj: ti.types.ndarray(),  # (N, 3) u, v, w from project_vertices
+    src: ti.types.ndarray(),  # (3,) source position
+    minv: ti.types.ndarray(),  # (3, 3) inverse of P[:, :3]
+    L: ti.types.ndarray(),  # (P, H, W) path lengths, accumulated
+    balance: ti.types.ndarray(),  # (P, H, W) int32, sum of signs (0 when balanced)
+    count: ti.types.ndarray(),  # (H, W) int32, number of covering faces
+    slot_face: ti.types.ndarray(),  # (H, W, K) int32
+    slot_depth: ti.types.ndarray(),  # (H, W, K) signed depths
+    status: ti.types.ndarray(),  # (4,) int32
+    K: ti.i32,
+    store: ti.i32,
+    real: ti.template(),
+):
+    H = L.shape[1]
+    W = L.shape[2]
+    for f in range(F.shape[0]):
+        i0 = F[f, 0]
+        i1 = F[f, 1]
+        i2 = F[f, 2]
+        w0 = proj[i0, 2]
+        w1 = proj[i1, 2]
+        w2 = proj[i2, 2]
+        if w0 <= 0 and w1 <= 0 and w2 <= 0:
+            ti.atomic_add(status[ST_BEHIND], 1)
+            continue
+        if w0 <= 0 or w1 <= 0 or w2 <= 0:
+            ti.atomic_add(status[ST_STRADDLE], 1)
+            continue
+        # orientation of the projected triangle, from the canonical edge function
+        a2, _, _ = _edge(i1, i2, proj, proj[i0, 0], proj[i0, 1])
+        if a2 == 0:
+            ti.atomic_add(status[ST_EDGE_ON], 1)
+            continue
+        s = ti.cast(1, real)
+        if a2 < 0:
+            s = -s
+        umin = ti.min(proj[i0, 0], proj[i1, 0], proj[i2, 0])
+        umax = ti.max(proj[i0, 0], proj[i1, 0], proj[i2, 0])
+        vmin = ti.min(proj[i0, 1], proj[i1, 1], proj[i2, 1])
+        vmax = ti.max(proj[i0, 1], proj[i1, 1], proj[i2, 1])
+        c0 = ti.max(ti.cast(ti.ceil(umin), ti.i32), 0)
+        c1 = ti.min(ti.cast(ti.floor(umax), ti.i32), W - 1)
+        r0 = ti.max(ti.cast(ti.ceil(vmin), ti.i32), 0)
+        r1 = ti.min(ti.cast(ti.floor(vmax), ti.i32), H - 1)
+        if c0 > c1 or r0 > r1:
+            continue
+        # plane of the face in world space: n . x = n . v0
+        ax = ti.cast(V[i0, 0], real)
+        ay = ti.cast(V[i0, 1], real)
+        az = ti.cast(V[i0, 2], real)
+        e1x = ti.cast(V[i1, 0], real) - ax
+        e1y = ti.cast(V[i1, 1], real) - ay
+        e1z = ti.cast(V[i1, 2], real) - az
+        e2x = ti.cast(V[i2, 0], real) - ax
+        e2y = ti.cast(V[i2, 1], real) - ay
+        e2z = ti.cast(V[i2, 2], real) - az
+        nx = e1y * e2z - e1z * e2y
+        ny = e1z * e2x - e1x * e2z
+        nz = e1x * e2y - e1y * e2x
+        num = nx * (ax - src[0]) + ny * (ay - src[1]) + nz * (az - src[2])
+        m = face_mesh[f]
+        for r in range(r0, r1 + 1):
+            py = ti.cast(r, real)
+            for c in range(c0, c1 + 1):
+                px = ti.cast(c, real)
+                ea, dxa, dya = _edge(i1, i2, proj, px, py)
+                eb, dxb, dyb = _edge(i2, i0, proj, px, py)
+                ec, dxc, dyc = _edge(i0, i1, proj, px, py)
+                if _inside(s * ea, s * dxa, s * dya) and _inside(s * eb, s * dxb, s * dyb) and _inside(
+                    s * ec, s * dxc, s * dyc
+                ):
+                    dx = minv[0, 0] * px + minv[0, 1] * py + minv[0, 2]
+                    dy = minv[1, 0] * px + minv[1, 1] * py + minv[1, 2]
+                    dz = minv[2, 0] * px + minv[2, 1] * py + minv[2, 2]
+                    nd = nx * dx + ny * dy + nz * dz
+                    depth = num / nd * ti.sqrt(dx * dx + dy * dy + dz * dz)
+                    sg = 1
+                    if nd < 0:
+                        sg = -1
+                        depth = -depth
+                    ti.atomic_add(L[m, r, c], depth)
+                    ti.atomic_add(balance[m, r, c], sg)
+                    k = ti.atomic_add(count[r, c], 1)
+                    if store != 0 and k < K:
+                        slot_face[r, c, k] = f
+                        slot_depth[r, c, k] = depth
+
+
+@ti.kernel
+def fill_unbalanced(
+    L: ti.types.ndarray(),  # (P, H, W) path lengths (read)
+    balance: ti.types.ndarray(),  # (P, H, W) int32
+    out: ti.types.ndarray(),  # (P, H, W) corrected path lengths
+    flags: ti.types.ndarray(),  # (P, H, W) int32: 1 where corrected
+    radius: ti.i32,
+    real: ti.template(),
+):
+    """Replace the path length of unbalanced pixels by the nearest balanced neighbour's.
+
+    Neighbours are searched in square rings of growing radius up to ``radius``
+    pixels; the first balanced pixel found in the closest ring wins (ties by
+    scan order). A pixel with no balanced neighbour within ``radius`` gets 0.
+    """
+    P = L.shape[0]
+    H = L.shape[1]
+    W = L.shape[2]
+    for p, r, c in ti.ndrange(P, H, W):
+        if balance[p, r, c] == 0:
+            out[p, r, c] = L[p, r, c]
+            flags[p, r, c] = 0
+        else:
+            flags[p, r, c] = 1
+            val = ti.cast(0, real)
+            found = 0
+            for rad in range(1, radius + 1):
+                if found == 0:
+                    for dr in range(-rad, rad + 1):
+                        for dc in range(-rad, rad + 1):
+                            if found == 0 and (ti.abs(dr) == rad or ti.abs(dc) == rad):
+                                rr = r + dr
+                                cc = c + dc
+                                if 0 <= rr < H and 0 <= cc < W:
+                                    if balance[p, rr, cc] == 0:
+                                        val = L[p, rr, cc]
+                                        found = 1
+            out[p, r, c] = val
+
+
+@ti.kernel
+def max_count(count: ti.types.ndarray(), status: ti.types.ndarray()):
+    for r, c in ti.ndrange(count.shape[0], count.shape[1]):
+        ti.atomic_max(status[ST_MAX_COUNT], count[r, c])

@@ -1,0 +1,296 @@
+"""Path-length rasterization: meshes + camera -> per-mesh path-length maps.
+
+:func:`rasterize` runs the Taichi kernels of :mod:`taichi_xray.kernels.raster`
+and returns a :class:`Raster` holding the path lengths and the per-pixel
+K-slot buffers (face ids and signed depths) that the backward pass and the
+debugging views read. :func:`path_length` is the short numpy entry point.
+
+Behaviour at the edges of the method:
+
+* K overflow: with ``K=None`` (default) the slot capacity grows to the
+  largest number of faces covering one pixel (the kernel reruns once), so
+  nothing is dropped. With a fixed ``K`` the path lengths stay exact (they
+  are accumulated separately) but slots beyond K are dropped; this warns
+  (:class:`KOverflowWarning`) with the number of pixels affected and those
+  pixels are flagged.
+* Open meshes: a pixel whose entries and exits do not balance takes the path
+  length of the nearest balanced pixel (within ``fix_radius``) and is flagged
+  in ``Raster.flags``; the backward pass gives it zero gradient. Their number
+  is in ``Raster.n_fixed`` and a :class:`~taichi_xray.mesh.MeshWarning`
+  reports them.
+* Faces entirely behind the source (``w <= 0`` at all three vertices) are
+  culled: the rays start at the source and go toward the detector. A face
+  crossing the plane through the source parallel to the detector cannot be
+  projected; :func:`rasterize` raises :class:`GeometryError` naming the mesh.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import taichi as ti
+import torch
+
+from . import runtime
+from .camera import Camera
+from .kernels import raster as kr
+from .mesh import Mesh, MeshWarning
+
+__all__ = ["Raster", "rasterize", "path_length", "GeometryError", "KOverflowWarning"]
+
+
+class GeometryError(ValueError):
+    """The scene cannot be projected (a mesh crosses the source plane)."""
+
+
+class KOverflowWarning(RuntimeWarning):
+    """More faces cover a pixel than the fixed slot capacity K."""
+
+
+_REAL = {torch.float32: ti.f32, torch.float64: ti.f64}
+
+
+@dataclass
+class Raster:
+    """Output of :func:`rasterize` for one camera.
+
+    Attributes (torch tensors on the kernels' device)
+    --------------------------------------------------
+    L : (P, H, W) float
+        Path length (mm) of every pixel's ray through each of the P meshes,
+        after the unbalanced-pixel fallback.
+    flags : (P, H, W) bool
+        True where the fallback replaced the value (or slots overflowed).
+    count : (H, W) int32
+        Number of faces (of all meshes) covering each pixel.
+    slot_face : (H, W, K) int32
+        Global face index of each slot (faces of mesh p are numbered from
+        ``face_offsets[p]``); only the first ``min(count, K)`` slots are valid.
+    slot_depth : (H, W, K) float
+        Signed depth (mm): positive where the ray leaves a mesh.
+    face_offsets : (P + 1,) numpy int64
+    n_fixed : (P,) numpy int64, pixels fixed by the fallback per mesh
+    camera : Camera
+    """
+
+    L: torch.Tensor
+    flags: torch.Tensor
+    count: torch.Tensor
+    slot_face: torch.Tensor
+    slot_depth: torch.Tensor
+    face_offsets: np.ndarray
+    n_fixed: np.ndarray
+    camera: Camera
+
+    @property
+    def K(self) -> int:
+        return int(self.slot_face.shape[-1])
+
+    def numpy(self) -> np.ndarray:
+        return self.L.detach().cpu().numpy()
+
+
+def _as_vertices(v, name: str, dtype, device) -> torch.Tensor:
+    if isinstance(v, torch.Tensor):
+        t = v.detach()
+    else:
+        t = torch.from_numpy(np.array(v, copy=True))
+    if t.ndim != 2 or t.shape[1] != 3:
+        raise ValueError(f"{name}: vertices must have shape (N, 3), got {tuple(t.shape)}")
+    if not (t.dtype.is_floating_point):
+        raise TypeError(f"{name}: vertices must be floating point, got {t.dtype}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name}: vertices contain NaN or inf")
+    return t.to(device=device, dtype=dtype)
+
+
+def _pack(meshes, dtype, device):
+    """Concatenate meshes: vertices (N, 3), faces (M, 3) int32, face_mesh (M,), offsets."""
+    Vs, Fs, ids, face_off, vert_off = [], [], [], [0], 0
+    for p, m in enumerate(meshes):
+        if isinstance(m, Mesh):
+            rep = m.check()
+            if rep.watertight and not rep.outward:
+                m = m.oriented()  # warns
+            elif not rep.watertight:
+                warnings.warn(
+                    f"{m!r} is not watertight ({'; '.join(rep.problems())}); unbalanced pixels "
+                    "take a neighbour's value and are flagged",
+                    MeshWarning,
+                    stacklevel=3,
+                )
+            V, F, name = m.vertices, m.faces, repr(m)
+        else:
+            try:
+                V, F = m
+            except (TypeError, ValueError):
+                raise TypeError(f"meshes[{p}] must be a Mesh or a (vertices, faces) pair") from None
+            name = f"meshes[{p}]"
+        V = _as_vertices(V, name, dtype, device)
+        F = F.detach() if isinstance(F, torch.Tensor) else torch.from_numpy(np.array(F, copy=True))
+        if F.ndim != 2 or F.shape[1] != 3 or F.dtype.is_floating_point:
+            raise ValueError(f"{name}: faces must be an integer array of shape (M, 3)")
+        if len(F) and (int(F.min()) < 0 or int(F.max()) >= len(V)):
+            raise ValueError(f"{name}: face indices out of range [0, {len(V) - 1}]")
+        Vs.append(V)
+        Fs.append(F.to(device=device, dtype=torch.int64) + vert_off)
+        ids.append(torch.full((len(F),), p, dtype=torch.int32, device=device))
+        vert_off += len(V)
+        face_off.append(face_off[-1] + len(F))
+    if not Vs:
+        raise ValueError("no meshes given")
+    V = torch.cat(Vs).contiguous()
+    F = torch.cat(Fs).to(torch.int32).contiguous()
+    return V, F, torch.cat(ids).contiguous(), np.asarray(face_off, dtype=np.int64)
+
+
+def rasterize(
+    meshes,
+    camera: Camera,
+    *,
+    K: int | None = None,
+    keep_slots: bool = True,
+    dtype: torch.dtype = torch.float32,
+    fix_unbalanced: bool = True,
+    fix_radius: int = 4,
+    vertices: Sequence[torch.Tensor] | None = None,
+) -> Raster:
+    """Rasterize meshes into per-mesh path-length maps for one camera.
+
+    Parameters
+    ----------
+    meshes : Mesh, (vertices, faces) pair, or a sequence of them (P meshes).
+    camera : Camera
+    K : int, optional
+        Slot capacity per pixel. ``None`` grows it to what the scene needs.
+    keep_slots : bool
+        Store the K-slot buffers (needed by the backward pass). ``False`` is
+        faster and leaves ``slot_*`` with K = 0.
+    dtype : torch.float32 or torch.float64
+        Precision of the arithmetic and of the outputs.
+    fix_unbalanced, fix_radius :
+        The fallback for pixels whose entries and exits do not balance.
+    vertices : sequence of (N_p, 3) tensors, optional
+        Replace the meshes' vertex positions (same connectivity), as the
+        torch bridge does.
+    """
+    runtime.ensure_init()
+    if not isinstance(camera, Camera):
+        raise TypeError(f"camera must be a taichi_xray.Camera, got {type(camera).__name__}")
+    if dtype not in _REAL:
+        raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    single = isinstance(meshes, Mesh) or (
+        isinstance(meshes, tuple) and len(meshes) == 2 and not isinstance(meshes[0], (Mesh, tuple))
+    )
+    meshes = [meshes] if single else list(meshes)
+    if vertices is not None:
+        if len(vertices) != len(meshes):
+            raise ValueError(f"got {len(vertices)} vertex tensors for {len(meshes)} meshes")
+        meshes = [(v, m.faces if isinstance(m, Mesh) else m[1]) for v, m in zip(vertices, meshes)]
+    device = runtime.torch_device()
+    real = _REAL[dtype]
+    V, F, face_mesh, face_off = _pack(meshes, dtype, device)
+    P, H, W = len(meshes), camera.height, camera.width
+
+    cam = torch.tensor(np.array(camera.P), dtype=dtype, device=device)
+    minv = torch.tensor(np.array(camera.M_inv), dtype=dtype, device=device)
+    src = torch.tensor(np.array(camera.source), dtype=dtype, device=device)
+    proj = torch.empty((len(V), 3), dtype=dtype, device=device)
+    kr.project_vertices(V, cam, proj, real)
+
+    cap = 0 if not keep_slots else (16 if K is None else int(K))
+    if keep_slots and cap < 1:
+        raise ValueError(f"K must be a positive integer, got {K}")
+    for attempt in range(2):
+        L = torch.zeros((P, H, W), dtype=dtype, device=device)
+        balance = torch.zeros((P, H, W), dtype=torch.int32, device=device)
+        count = torch.zeros((H, W), dtype=torch.int32, device=device)
+        slot_face = torch.empty((H, W, max(cap, 1) if keep_slots else 1), dtype=torch.int32, device=device)
+        slot_depth = torch.empty(slot_face.shape, dtype=dtype, device=device)
+        status = torch.zeros(4, dtype=torch.int32, device=device)
+        kr.rasterize_faces(V, F, face_mesh, proj, src, minv, L, balance, count, slot_face, slot_depth, status,
+                           cap, int(keep_slots), real)
+        kr.max_count(count, status)
+        st = status.cpu().numpy()
+        if st[kr.ST_STRADDLE]:
+            names = _straddling_meshes(proj, F, face_mesh, face_off, meshes)
+            raise GeometryError(
+                f"{int(st[kr.ST_STRADDLE])} faces cross the plane through the X-ray source parallel to the "
+                f"detector ({names}); the source must lie outside every mesh and in front of none of its faces"
+            )
+        need = int(st[kr.ST_MAX_COUNT])
+        if not keep_slots or need <= cap or K is not None:
+            break
+        cap = need  # grow K and run again
+    overflow = None
+    if keep_slots and need > cap:
+        overflow = count > cap
+        warnings.warn(
+            f"K={cap} slots overflowed on {int(overflow.sum())} pixels (up to {need} faces cover a pixel); "
+            "path lengths stay exact, but those pixels are flagged and get no gradient. Use K=None to grow K.",
+            KOverflowWarning,
+            stacklevel=2,
+        )
+    if not keep_slots:
+        slot_face = slot_face[:, :, :0]
+        slot_depth = slot_depth[:, :, :0]
+
+    flags = torch.zeros((P, H, W), dtype=torch.int32, device=device)
+    n_fixed = np.zeros(P, dtype=np.int64)
+    if fix_unbalanced:
+        unbalanced = (balance != 0)
+        if bool(unbalanced.any()):
+            out = torch.empty_like(L)
+            kr.fill_unbalanced(L, balance, out, flags, int(fix_radius), real)
+            L = out
+            n_fixed = unbalanced.sum(dim=(1, 2)).cpu().numpy().astype(np.int64)
+            warnings.warn(
+                f"{int(n_fixed.sum())} pixels had unbalanced entries/exits (open mesh or edge-on faces) and took a "
+                f"neighbour's path length; per mesh: {n_fixed.tolist()}",
+                MeshWarning,
+                stacklevel=2,
+            )
+    flags = flags.bool()
+    if overflow is not None:
+        flags |= overflow[None]
+    return Raster(L, flags, count, slot_face, slot_depth, face_off, n_fixed, camera)
+
+
+def _straddling_meshes(proj, F, face_mesh, face_off, meshes) -> str:
+    w = proj[:, 2][F.long()]
+    bad = ((w <= 0).any(dim=1) & (w > 0).any(dim=1)).cpu().numpy()
+    ids = np.unique(face_mesh.cpu().numpy()[bad])
+    return ", ".join(repr(meshes[i]) if isinstance(meshes[i], Mesh) else f"meshes[{i}]" for i in ids)
+
+
+def path_length(meshes, camera, **kwargs) -> np.ndarray:
+    """Path length (mm) of every pixel's ray through the mesh(es), as numpy float32.
+
+    Parameters
+    ----------
+    meshes : a Mesh (or (vertices, faces)) -> (H, W); a list of P meshes -> (P, H, W).
+    camera : a Camera, or a list of V cameras of equal size -> a leading (V,) axis.
+    **kwargs : passed to :func:`rasterize` (``K``, ``dtype``, ...); slots are not kept.
+
+    Returns
+    -------
+    numpy array, float32 (float64 with ``dtype=torch.float64``).
+    """
+    kwargs.setdefault("keep_slots", False)
+    single_mesh = isinstance(meshes, Mesh) or (isinstance(meshes, tuple) and len(meshes) == 2
+                                              and not isinstance(meshes[0], (Mesh, tuple)))
+    cams = [camera] if isinstance(camera, Camera) else list(camera)
+    if not cams:
+        raise ValueError("no cameras given")
+    for c in cams:
+        if not isinstance(c, Camera):
+            raise TypeError(f"camera must be a taichi_xray.Camera (or a list of them), got {type(c).__name__}")
+    if len({(c.height, c.width) for c in cams}) > 1:
+        raise ValueError("all cameras must have the same detector size to stack their images")
+    out = [rasterize(meshes, c, **kwargs).numpy() for c in cams]
+    arr = np.stack(out)
+    if single_mesh:
+        arr = arr[:, 0]
+    return arr[0] if isinstance(camera, Camera) else arr
