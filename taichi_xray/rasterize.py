@@ -83,6 +83,11 @@ class Raster:
     face_offsets: np.ndarray
     n_fixed: np.ndarray
     camera: Camera
+    # packed inputs kept for the backward pass
+    vertices: torch.Tensor | None = None  # (N, 3) all meshes' vertices
+    faces: torch.Tensor | None = None  # (M, 3) int32, global vertex indices
+    face_mesh: torch.Tensor | None = None  # (M,) int32
+    vertex_offsets: np.ndarray | None = None  # (P + 1,)
 
     @property
     def K(self) -> int:
@@ -108,7 +113,7 @@ def _as_vertices(v, name: str, dtype, device) -> torch.Tensor:
 
 def _pack(meshes, dtype, device):
     """Concatenate meshes: vertices (N, 3), faces (M, 3) int32, face_mesh (M,), offsets."""
-    Vs, Fs, ids, face_off, vert_off = [], [], [], [0], 0
+    Vs, Fs, ids, face_off, vert_offs = [], [], [], [0], [0]
     for p, m in enumerate(meshes):
         if isinstance(m, Mesh):
             rep = m.check()
@@ -135,15 +140,15 @@ def _pack(meshes, dtype, device):
         if len(F) and (int(F.min()) < 0 or int(F.max()) >= len(V)):
             raise ValueError(f"{name}: face indices out of range [0, {len(V) - 1}]")
         Vs.append(V)
-        Fs.append(F.to(device=device, dtype=torch.int64) + vert_off)
+        Fs.append(F.to(device=device, dtype=torch.int64) + vert_offs[-1])
         ids.append(torch.full((len(F),), p, dtype=torch.int32, device=device))
-        vert_off += len(V)
+        vert_offs.append(vert_offs[-1] + len(V))
         face_off.append(face_off[-1] + len(F))
     if not Vs:
         raise ValueError("no meshes given")
     V = torch.cat(Vs).contiguous()
     F = torch.cat(Fs).to(torch.int32).contiguous()
-    return V, F, torch.cat(ids).contiguous(), np.asarray(face_off, dtype=np.int64)
+    return V, F, torch.cat(ids).contiguous(), np.asarray(face_off, dtype=np.int64), np.asarray(vert_offs, dtype=np.int64)
 
 
 def rasterize(
@@ -191,7 +196,7 @@ def rasterize(
         meshes = [(v, m.faces if isinstance(m, Mesh) else m[1]) for v, m in zip(vertices, meshes)]
     device = runtime.torch_device()
     real = _REAL[dtype]
-    V, F, face_mesh, face_off = _pack(meshes, dtype, device)
+    V, F, face_mesh, face_off, vert_off = _pack(meshes, dtype, device)
     P, H, W = len(meshes), camera.height, camera.width
 
     cam = torch.tensor(np.array(camera.P), dtype=dtype, device=device)
@@ -255,7 +260,7 @@ def rasterize(
     flags = flags.bool()
     if overflow is not None:
         flags |= overflow[None]
-    return Raster(L, flags, count, slot_face, slot_depth, face_off, n_fixed, camera)
+    return Raster(L, flags, count, slot_face, slot_depth, face_off, n_fixed, camera, V, F, face_mesh, vert_off)
 
 
 def _straddling_meshes(proj, F, face_mesh, face_off, meshes) -> str:

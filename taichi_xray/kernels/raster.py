@@ -217,3 +217,69 @@ def fill_unbalanced(
 def max_count(count: ti.types.ndarray(), status: ti.types.ndarray()):
     for r, c in ti.ndrange(count.shape[0], count.shape[1]):
         ti.atomic_max(status[ST_MAX_COUNT], count[r, c])
+
+
+@ti.func
+def _depth_grad(V: ti.template(), F: ti.template(), f, src: ti.template(), dx, dy, dz, g, grad_V: ti.template(), real: ti.template()):
+    """Accumulate g * d(signed depth)/d(vertices of face f) for the ray d into grad_V.
+
+    With the hit point x = s + t d/|d| at barycentric coordinates (b0, b1, b2),
+    d(t)/d(v_i) = b_i n / (n . d/|d|); the signed depth multiplies this by
+    sign(n . d), so d(signed depth)/d(v_i) = b_i n / |n . d/|d||.
+    """
+    i0 = F[f, 0]
+    i1 = F[f, 1]
+    i2 = F[f, 2]
+    p0 = ti.Vector([V[i0, 0], V[i0, 1], V[i0, 2]], dt=real)
+    p1 = ti.Vector([V[i1, 0], V[i1, 1], V[i1, 2]], dt=real)
+    p2 = ti.Vector([V[i2, 0], V[i2, 1], V[i2, 2]], dt=real)
+    s = ti.Vector([src[0], src[1], src[2]], dt=real)
+    d = ti.Vector([dx, dy, dz], dt=real)
+    d = d / d.norm()
+    n = (p1 - p0).cross(p2 - p0)
+    nd = n.dot(d)
+    t = n.dot(p0 - s) / nd
+    x = s + t * d
+    n2 = n.dot(n)
+    b0 = n.dot((p1 - x).cross(p2 - x)) / n2
+    b1 = n.dot((p2 - x).cross(p0 - x)) / n2
+    b2 = 1 - b0 - b1
+    scale = g / ti.abs(nd)
+    for k in ti.static(range(3)):
+        ti.atomic_add(grad_V[i0, k], scale * b0 * n[k])
+        ti.atomic_add(grad_V[i1, k], scale * b1 * n[k])
+        ti.atomic_add(grad_V[i2, k], scale * b2 * n[k])
+
+
+@ti.kernel
+def path_length_backward(
+    V: ti.types.ndarray(),  # (N, 3)
+    F: ti.types.ndarray(),  # (M, 3) int32
+    face_mesh: ti.types.ndarray(),  # (M,) int32
+    src: ti.types.ndarray(),  # (3,)
+    minv: ti.types.ndarray(),  # (3, 3)
+    count: ti.types.ndarray(),  # (H, W) int32
+    slot_face: ti.types.ndarray(),  # (H, W, K) int32
+    flags: ti.types.ndarray(),  # (P, H, W) int32, nonzero = no gradient
+    grad_L: ti.types.ndarray(),  # (P, H, W)
+    grad_V: ti.types.ndarray(),  # (N, 3), accumulated
+    real: ti.template(),
+):
+    """Backward of the path length through the saved slots (pixel-parallel, atomic)."""
+    H = count.shape[0]
+    W = count.shape[1]
+    K = slot_face.shape[2]
+    for r, c in ti.ndrange(H, W):
+        n = ti.min(count[r, c], K)
+        if n > 0:
+            px = ti.cast(c, real)
+            py = ti.cast(r, real)
+            dx = minv[0, 0] * px + minv[0, 1] * py + minv[0, 2]
+            dy = minv[1, 0] * px + minv[1, 1] * py + minv[1, 2]
+            dz = minv[2, 0] * px + minv[2, 1] * py + minv[2, 2]
+            for k in range(n):
+                f = slot_face[r, c, k]
+                m = face_mesh[f]
+                g = ti.cast(grad_L[m, r, c], real)
+                if flags[m, r, c] == 0 and g != 0:
+                    _depth_grad(V, F, f, src, dx, dy, dz, g, grad_V, real)
