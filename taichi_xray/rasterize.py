@@ -161,6 +161,7 @@ def rasterize(
     fix_unbalanced: bool = True,
     fix_radius: int = 4,
     vertices: Sequence[torch.Tensor] | None = None,
+    deterministic: bool = False,
 ) -> Raster:
     """Rasterize meshes into per-mesh path-length maps for one camera.
 
@@ -180,6 +181,11 @@ def rasterize(
     vertices : sequence of (N_p, 3) tensors, optional
         Replace the meshes' vertex positions (same connectivity), as the
         torch bridge does.
+    deterministic : bool
+        Bitwise reproducible path lengths: each pixel's slots are sorted by
+        face id and summed in that order, instead of accumulated with atomic
+        float additions whose order varies between runs. Implies slots are
+        kept and K grows as needed (a fixed ``K`` that overflows raises).
     """
     runtime.ensure_init()
     if not isinstance(camera, Camera):
@@ -205,6 +211,8 @@ def rasterize(
     proj = torch.empty((len(V), 3), dtype=dtype, device=device)
     kr.project_vertices(V, cam, proj, real)
 
+    if deterministic:
+        keep_slots = True
     cap = 0 if not keep_slots else (16 if K is None else int(K))
     if keep_slots and cap < 1:
         raise ValueError(f"K must be a positive integer, got {K}")
@@ -230,6 +238,10 @@ def rasterize(
             break
         cap = need  # grow K and run again
     overflow = None
+    if deterministic:
+        if need > cap:
+            raise ValueError(f"deterministic=True needs every crossing in a slot: K={cap} but {need} faces cover a pixel")
+        kr.sum_slots_sorted(count, slot_face, slot_depth, face_mesh, L)
     if keep_slots and need > cap:
         overflow = count > cap
         warnings.warn(

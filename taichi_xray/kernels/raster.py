@@ -80,6 +80,62 @@ def _inside(e, dx, dy) -> ti.i32:
     return res
 
 
+@ti.func
+def _setup(i0, i1, i2, proj: ti.template(), H, W, real: ti.template()):
+    """Cull and bound one projected face.
+
+    Returns (state, s, c0, c1, r0, r1): state 0 = rasterize, 1 = behind the
+    source, 2 = straddles the source plane, 3 = edge-on, 4 = off the detector;
+    s = +-1 orients the edge functions so that the inside is positive.
+    """
+    state = 0
+    s = ti.cast(1, real)
+    c0, c1, r0, r1 = 0, -1, 0, -1
+    w0 = proj[i0, 2]
+    w1 = proj[i1, 2]
+    w2 = proj[i2, 2]
+    if w0 <= 0 and w1 <= 0 and w2 <= 0:
+        state = 1
+    elif w0 <= 0 or w1 <= 0 or w2 <= 0:
+        state = 2
+    else:
+        # orientation of the projected triangle, from the canonical edge function
+        a2, _, _ = _edge(i1, i2, proj, proj[i0, 0], proj[i0, 1])
+        if a2 == 0:
+            state = 3
+        else:
+            if a2 < 0:
+                s = -s
+            umin = ti.min(proj[i0, 0], proj[i1, 0], proj[i2, 0])
+            umax = ti.max(proj[i0, 0], proj[i1, 0], proj[i2, 0])
+            vmin = ti.min(proj[i0, 1], proj[i1, 1], proj[i2, 1])
+            vmax = ti.max(proj[i0, 1], proj[i1, 1], proj[i2, 1])
+            c0 = ti.max(ti.cast(ti.ceil(umin), ti.i32), 0)
+            c1 = ti.min(ti.cast(ti.floor(umax), ti.i32), W - 1)
+            r0 = ti.max(ti.cast(ti.ceil(vmin), ti.i32), 0)
+            r1 = ti.min(ti.cast(ti.floor(vmax), ti.i32), H - 1)
+            if c0 > c1 or r0 > r1:
+                state = 4
+    return state, s, c0, c1, r0, r1
+
+
+@ti.func
+def _covers(i0, i1, i2, s, proj: ti.template(), px, py) -> ti.i32:
+    """Does the face cover the pixel centre (px, py)? Watertight (see the module docstring)."""
+    ea, dxa, dya = _edge(i1, i2, proj, px, py)
+    eb, dxb, dyb = _edge(i2, i0, proj, px, py)
+    ec, dxc, dyc = _edge(i0, i1, proj, px, py)
+    return _inside(s * ea, s * dxa, s * dya) and _inside(s * eb, s * dxb, s * dyb) and _inside(s * ec, s * dxc, s * dyc)
+
+
+@ti.func
+def _ray(minv: ti.template(), px, py):
+    dx = minv[0, 0] * px + minv[0, 1] * py + minv[0, 2]
+    dy = minv[1, 0] * px + minv[1, 1] * py + minv[1, 2]
+    dz = minv[2, 0] * px + minv[2, 1] * py + minv[2, 2]
+    return dx, dy, dz
+
+
 @ti.kernel
 def rasterize_faces(
     V: ti.types.ndarray(),  # (N, 3) world mm
@@ -104,73 +160,47 @@ def rasterize_faces(
         i0 = F[f, 0]
         i1 = F[f, 1]
         i2 = F[f, 2]
-        w0 = proj[i0, 2]
-        w1 = proj[i1, 2]
-        w2 = proj[i2, 2]
-        if w0 <= 0 and w1 <= 0 and w2 <= 0:
+        state, s, c0, c1, r0, r1 = _setup(i0, i1, i2, proj, H, W, real)
+        if state == 1:
             ti.atomic_add(status[ST_BEHIND], 1)
-            continue
-        if w0 <= 0 or w1 <= 0 or w2 <= 0:
+        elif state == 2:
             ti.atomic_add(status[ST_STRADDLE], 1)
-            continue
-        # orientation of the projected triangle, from the canonical edge function
-        a2, _, _ = _edge(i1, i2, proj, proj[i0, 0], proj[i0, 1])
-        if a2 == 0:
+        elif state == 3:
             ti.atomic_add(status[ST_EDGE_ON], 1)
-            continue
-        s = ti.cast(1, real)
-        if a2 < 0:
-            s = -s
-        umin = ti.min(proj[i0, 0], proj[i1, 0], proj[i2, 0])
-        umax = ti.max(proj[i0, 0], proj[i1, 0], proj[i2, 0])
-        vmin = ti.min(proj[i0, 1], proj[i1, 1], proj[i2, 1])
-        vmax = ti.max(proj[i0, 1], proj[i1, 1], proj[i2, 1])
-        c0 = ti.max(ti.cast(ti.ceil(umin), ti.i32), 0)
-        c1 = ti.min(ti.cast(ti.floor(umax), ti.i32), W - 1)
-        r0 = ti.max(ti.cast(ti.ceil(vmin), ti.i32), 0)
-        r1 = ti.min(ti.cast(ti.floor(vmax), ti.i32), H - 1)
-        if c0 > c1 or r0 > r1:
-            continue
-        # plane of the face in world space: n . x = n . v0
-        ax = ti.cast(V[i0, 0], real)
-        ay = ti.cast(V[i0, 1], real)
-        az = ti.cast(V[i0, 2], real)
-        e1x = ti.cast(V[i1, 0], real) - ax
-        e1y = ti.cast(V[i1, 1], real) - ay
-        e1z = ti.cast(V[i1, 2], real) - az
-        e2x = ti.cast(V[i2, 0], real) - ax
-        e2y = ti.cast(V[i2, 1], real) - ay
-        e2z = ti.cast(V[i2, 2], real) - az
-        nx = e1y * e2z - e1z * e2y
-        ny = e1z * e2x - e1x * e2z
-        nz = e1x * e2y - e1y * e2x
-        num = nx * (ax - src[0]) + ny * (ay - src[1]) + nz * (az - src[2])
-        m = face_mesh[f]
-        for r in range(r0, r1 + 1):
-            py = ti.cast(r, real)
-            for c in range(c0, c1 + 1):
-                px = ti.cast(c, real)
-                ea, dxa, dya = _edge(i1, i2, proj, px, py)
-                eb, dxb, dyb = _edge(i2, i0, proj, px, py)
-                ec, dxc, dyc = _edge(i0, i1, proj, px, py)
-                if _inside(s * ea, s * dxa, s * dya) and _inside(s * eb, s * dxb, s * dyb) and _inside(
-                    s * ec, s * dxc, s * dyc
-                ):
-                    dx = minv[0, 0] * px + minv[0, 1] * py + minv[0, 2]
-                    dy = minv[1, 0] * px + minv[1, 1] * py + minv[1, 2]
-                    dz = minv[2, 0] * px + minv[2, 1] * py + minv[2, 2]
-                    nd = nx * dx + ny * dy + nz * dz
-                    depth = num / nd * ti.sqrt(dx * dx + dy * dy + dz * dz)
-                    sg = 1
-                    if nd < 0:
-                        sg = -1
-                        depth = -depth
-                    ti.atomic_add(L[m, r, c], depth)
-                    ti.atomic_add(balance[m, r, c], sg)
-                    k = ti.atomic_add(count[r, c], 1)
-                    if store != 0 and k < K:
-                        slot_face[r, c, k] = f
-                        slot_depth[r, c, k] = depth
+        elif state == 0:
+            # plane of the face in world space: n . x = n . v0
+            ax = ti.cast(V[i0, 0], real)
+            ay = ti.cast(V[i0, 1], real)
+            az = ti.cast(V[i0, 2], real)
+            e1x = ti.cast(V[i1, 0], real) - ax
+            e1y = ti.cast(V[i1, 1], real) - ay
+            e1z = ti.cast(V[i1, 2], real) - az
+            e2x = ti.cast(V[i2, 0], real) - ax
+            e2y = ti.cast(V[i2, 1], real) - ay
+            e2z = ti.cast(V[i2, 2], real) - az
+            nx = e1y * e2z - e1z * e2y
+            ny = e1z * e2x - e1x * e2z
+            nz = e1x * e2y - e1y * e2x
+            num = nx * (ax - src[0]) + ny * (ay - src[1]) + nz * (az - src[2])
+            m = face_mesh[f]
+            for r in range(r0, r1 + 1):
+                py = ti.cast(r, real)
+                for c in range(c0, c1 + 1):
+                    px = ti.cast(c, real)
+                    if _covers(i0, i1, i2, s, proj, px, py):
+                        dx, dy, dz = _ray(minv, px, py)
+                        nd = nx * dx + ny * dy + nz * dz
+                        depth = num / nd * ti.sqrt(dx * dx + dy * dy + dz * dz)
+                        sg = 1
+                        if nd < 0:
+                            sg = -1
+                            depth = -depth
+                        ti.atomic_add(L[m, r, c], depth)
+                        ti.atomic_add(balance[m, r, c], sg)
+                        k = ti.atomic_add(count[r, c], 1)
+                        if store != 0 and k < K:
+                            slot_face[r, c, k] = f
+                            slot_depth[r, c, k] = depth
 
 
 @ti.kernel
@@ -220,8 +250,8 @@ def max_count(count: ti.types.ndarray(), status: ti.types.ndarray()):
 
 
 @ti.func
-def _depth_grad(V: ti.template(), F: ti.template(), f, src: ti.template(), dx, dy, dz, g, grad_V: ti.template(), real: ti.template()):
-    """Accumulate g * d(signed depth)/d(vertices of face f) for the ray d into grad_V.
+def _depth_grad(V: ti.template(), F: ti.template(), f, src: ti.template(), dx, dy, dz, g, real: ti.template()):
+    """g * d(signed depth)/d(vertices of face f) for the ray d, as three 3-vectors.
 
     With the hit point x = s + t d/|d| at barycentric coordinates (b0, b1, b2),
     d(t)/d(v_i) = b_i n / (n . d/|d|); the signed depth multiplies this by
@@ -245,10 +275,7 @@ def _depth_grad(V: ti.template(), F: ti.template(), f, src: ti.template(), dx, d
     b1 = n.dot((p2 - x).cross(p0 - x)) / n2
     b2 = 1 - b0 - b1
     scale = g / ti.abs(nd)
-    for k in ti.static(range(3)):
-        ti.atomic_add(grad_V[i0, k], scale * b0 * n[k])
-        ti.atomic_add(grad_V[i1, k], scale * b1 * n[k])
-        ti.atomic_add(grad_V[i2, k], scale * b2 * n[k])
+    return scale * b0 * n, scale * b1 * n, scale * b2 * n
 
 
 @ti.kernel
@@ -272,14 +299,103 @@ def path_length_backward(
     for r, c in ti.ndrange(H, W):
         n = ti.min(count[r, c], K)
         if n > 0:
-            px = ti.cast(c, real)
-            py = ti.cast(r, real)
-            dx = minv[0, 0] * px + minv[0, 1] * py + minv[0, 2]
-            dy = minv[1, 0] * px + minv[1, 1] * py + minv[1, 2]
-            dz = minv[2, 0] * px + minv[2, 1] * py + minv[2, 2]
+            dx, dy, dz = _ray(minv, ti.cast(c, real), ti.cast(r, real))
             for k in range(n):
                 f = slot_face[r, c, k]
                 m = face_mesh[f]
                 g = ti.cast(grad_L[m, r, c], real)
                 if flags[m, r, c] == 0 and g != 0:
-                    _depth_grad(V, F, f, src, dx, dy, dz, g, grad_V, real)
+                    g0, g1, g2 = _depth_grad(V, F, f, src, dx, dy, dz, g, real)
+                    for q in ti.static(range(3)):
+                        ti.atomic_add(grad_V[F[f, 0], q], g0[q])
+                        ti.atomic_add(grad_V[F[f, 1], q], g1[q])
+                        ti.atomic_add(grad_V[F[f, 2], q], g2[q])
+
+
+@ti.kernel
+def path_length_backward_faces(
+    V: ti.types.ndarray(),  # (N, 3)
+    F: ti.types.ndarray(),  # (M, 3) int32
+    face_mesh: ti.types.ndarray(),  # (M,) int32
+    proj: ti.types.ndarray(),  # (N, 3) from project_vertices
+    src: ti.types.ndarray(),  # (3,)
+    minv: ti.types.ndarray(),  # (3, 3)
+    flags: ti.types.ndarray(),  # (P, H, W) int32, nonzero = no gradient
+    grad_L: ti.types.ndarray(),  # (P, H, W)
+    grad_F: ti.types.ndarray(),  # (M, 3, 3): gradient of each face's three corners
+    real: ti.template(),
+):
+    """Deterministic backward, face-parallel: every face revisits the pixels it covers
+    (the same coverage test as the forward pass) in a fixed order; no atomics."""
+    H = grad_L.shape[1]
+    W = grad_L.shape[2]
+    for f in range(F.shape[0]):
+        i0 = F[f, 0]
+        i1 = F[f, 1]
+        i2 = F[f, 2]
+        acc0 = ti.Vector([0, 0, 0], dt=real)
+        acc1 = ti.Vector([0, 0, 0], dt=real)
+        acc2 = ti.Vector([0, 0, 0], dt=real)
+        state, s, c0, c1, r0, r1 = _setup(i0, i1, i2, proj, H, W, real)
+        if state == 0:
+            m = face_mesh[f]
+            for r in range(r0, r1 + 1):
+                for c in range(c0, c1 + 1):
+                    px = ti.cast(c, real)
+                    py = ti.cast(r, real)
+                    g = ti.cast(grad_L[m, r, c], real)
+                    if flags[m, r, c] == 0 and g != 0 and _covers(i0, i1, i2, s, proj, px, py):
+                        dx, dy, dz = _ray(minv, px, py)
+                        g0, g1, g2 = _depth_grad(V, F, f, src, dx, dy, dz, g, real)
+                        acc0 += g0
+                        acc1 += g1
+                        acc2 += g2
+        for q in ti.static(range(3)):
+            grad_F[f, 0, q] = acc0[q]
+            grad_F[f, 1, q] = acc1[q]
+            grad_F[f, 2, q] = acc2[q]
+
+
+@ti.kernel
+def gather_vertex_grad(
+    ptr: ti.types.ndarray(),  # (N + 1,) int32 CSR offsets into corners
+    corners: ti.types.ndarray(),  # (3M,) int32: face * 3 + corner, grouped by vertex in a fixed order
+    grad_F: ti.types.ndarray(),  # (M, 3, 3)
+    grad_V: ti.types.ndarray(),  # (N, 3)
+):
+    """grad_V[v] = sum of its corners' gradients, summed in a fixed order (deterministic)."""
+    for v in range(grad_V.shape[0]):
+        for q in ti.static(range(3)):
+            acc = grad_F[0, 0, 0] * 0
+            for j in range(ptr[v], ptr[v + 1]):
+                k = corners[j]
+                acc += grad_F[k // 3, k % 3, q]
+            grad_V[v, q] = acc
+
+
+@ti.kernel
+def sum_slots_sorted(
+    count: ti.types.ndarray(),  # (H, W) int32
+    slot_face: ti.types.ndarray(),  # (H, W, K) int32, sorted in place
+    slot_depth: ti.types.ndarray(),  # (H, W, K), sorted in place
+    face_mesh: ti.types.ndarray(),  # (M,) int32
+    L: ti.types.ndarray(),  # (P, H, W), overwritten
+):
+    """Deterministic path lengths: sort each pixel's slots by face id, then sum in that order."""
+    for r, c in ti.ndrange(count.shape[0], count.shape[1]):
+        n = ti.min(count[r, c], slot_face.shape[2])
+        for i in range(1, n):  # insertion sort (K is small)
+            fi = slot_face[r, c, i]
+            di = slot_depth[r, c, i]
+            j = i - 1
+            while j >= 0 and slot_face[r, c, j] > fi:
+                slot_face[r, c, j + 1] = slot_face[r, c, j]
+                slot_depth[r, c, j + 1] = slot_depth[r, c, j]
+                j -= 1
+            slot_face[r, c, j + 1] = fi
+            slot_depth[r, c, j + 1] = di
+        for p in range(L.shape[0]):
+            L[p, r, c] = 0
+        for i in range(n):
+            m = face_mesh[slot_face[r, c, i]]
+            L[m, r, c] += slot_depth[r, c, i]

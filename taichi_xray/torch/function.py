@@ -42,6 +42,7 @@ class _Spec:
     camera: Camera
     K: int | None
     keep_slots: bool
+    deterministic: bool = False
 
 
 class PathLengthFunction(torch.autograd.Function):
@@ -50,8 +51,9 @@ class PathLengthFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec: _Spec, *vertices):
         r = rasterize(list(zip(vertices, spec.faces)), spec.camera, K=spec.K, keep_slots=spec.keep_slots,
-                      dtype=vertices[0].dtype)
+                      dtype=vertices[0].dtype, deterministic=spec.deterministic)
         ctx.raster = r
+        ctx.deterministic = spec.deterministic
         ctx.out_device = vertices[0].device
         return r.L.to(vertices[0].device)
 
@@ -67,11 +69,32 @@ class PathLengthFunction(torch.autograd.Function):
         g = grad_L.detach().to(device=device, dtype=dtype).contiguous()
         src = torch.tensor(np.array(cam.source), dtype=dtype, device=device)
         minv = torch.tensor(np.array(cam.M_inv), dtype=dtype, device=device)
-        kr.path_length_backward(r.vertices, r.faces, r.face_mesh, src, minv, r.count, r.slot_face,
-                                r.flags.to(torch.int32).contiguous(), g, grad_V, _REAL[dtype])
+        flags = r.flags.to(torch.int32).contiguous()
+        real = _REAL[dtype]
+        if ctx.deterministic:
+            P = torch.tensor(np.array(cam.P), dtype=dtype, device=device)
+            proj = torch.empty_like(r.vertices)
+            kr.project_vertices(r.vertices, P, proj, real)
+            grad_F = torch.empty((len(r.faces), 3, 3), dtype=dtype, device=device)
+            kr.path_length_backward_faces(r.vertices, r.faces, r.face_mesh, proj, src, minv, flags, g, grad_F, real)
+            ptr, corners = _vertex_corners(r.faces, len(r.vertices))
+            kr.gather_vertex_grad(ptr, corners, grad_F, grad_V)
+        else:
+            kr.path_length_backward(r.vertices, r.faces, r.face_mesh, src, minv, r.count, r.slot_face, flags, g,
+                                    grad_V, real)
         off = r.vertex_offsets
         grads = [grad_V[off[p]:off[p + 1]].to(ctx.out_device) for p in range(len(off) - 1)]
         return (None, *grads)
+
+
+def _vertex_corners(F: torch.Tensor, n_vertices: int):
+    """CSR of face corners grouped by vertex, in a fixed (stable-sorted) order."""
+    flat = F.reshape(-1).long()
+    corners = torch.argsort(flat, stable=True)
+    counts = torch.bincount(flat, minlength=n_vertices)
+    ptr = torch.zeros(n_vertices + 1, dtype=torch.int64, device=F.device)
+    ptr[1:] = torch.cumsum(counts, 0)
+    return ptr.to(torch.int32).contiguous(), corners.to(torch.int32).contiguous()
 
 
 def _check_vertices(vertices: Sequence[torch.Tensor]) -> None:
@@ -91,7 +114,7 @@ def _check_vertices(vertices: Sequence[torch.Tensor]) -> None:
             raise ValueError(f"vertices[{i}] is not contiguous; pass vertices[{i}].contiguous()")
 
 
-def path_lengths(vertices, faces, camera: Camera, K: int | None = None) -> torch.Tensor:
+def path_lengths(vertices, faces, camera: Camera, K: int | None = None, deterministic: bool = False) -> torch.Tensor:
     """Differentiable path lengths of P meshes for one camera.
 
     Parameters
@@ -100,6 +123,8 @@ def path_lengths(vertices, faces, camera: Camera, K: int | None = None) -> torch
     faces : sequence of P integer arrays/tensors (M_p, 3).
     camera : Camera
     K : slot capacity (``None``: grow as needed).
+    deterministic : bitwise reproducible forward and backward: slots summed in
+        face order, and a face-parallel backward without atomics (slower).
 
     Returns
     -------
@@ -116,5 +141,5 @@ def path_lengths(vertices, faces, camera: Camera, K: int | None = None) -> torch
     _check_vertices(vertices)
     runtime.ensure_init()
     need_grad = torch.is_grad_enabled() and any(v.requires_grad for v in vertices)
-    spec = _Spec(faces, camera, K, keep_slots=need_grad)
+    spec = _Spec(faces, camera, K, keep_slots=need_grad, deterministic=deterministic)
     return PathLengthFunction.apply(spec, *vertices)

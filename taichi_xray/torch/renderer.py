@@ -44,6 +44,11 @@ class XRayRenderer(nn.Module):
     output : ``"line_integral"`` (default, -log(I/I0)), ``"transmission"``, ``"intensity"``
         or ``"path_length"`` (returns (B, P, H, W) path lengths).
     K : slot capacity (None = grow as needed).
+    deterministic : bitwise reproducible images and gradients: path lengths summed
+        in face order, a face-parallel path-length backward without atomics, and
+        Beer-Lambert evaluated with torch operations (whose CPU backward is
+        deterministic) instead of the Taichi kernel. Slower; for debugging and
+        reproducible studies.
 
     Call
     ----
@@ -64,6 +69,7 @@ class XRayRenderer(nn.Module):
         detector: Detector | None = None,
         output: str = "line_integral",
         K: int | None = None,
+        deterministic: bool = False,
     ):
         super().__init__()
         if output not in _OUTPUTS:
@@ -79,6 +85,7 @@ class XRayRenderer(nn.Module):
             raise ValueError("all cameras must have the same detector size")
         self.output = output
         self.K = K
+        self.deterministic = bool(deterministic)
         self.parents = list(parents) if parents is not None else [-1] * P
         if len(self.parents) != P:
             raise ValueError(f"parents has {len(self.parents)} entries for {P} meshes")
@@ -109,7 +116,10 @@ class XRayRenderer(nn.Module):
                 raise ValueError(f"mu_scale must have shape ({mu.shape[0]},), got {tuple(mu_scale.shape)}")
             mu = mu * mu_scale[:, None]
         w = self.weights.to(device=L.device, dtype=dt)
-        I = BeerLambertFunction.apply(L_excl, mu.contiguous(), w)
+        if self.deterministic:
+            I = torch.einsum("e,ehw->hw", w, torch.exp(-torch.einsum("pe,phw->ehw", mu, L_excl)))
+        else:
+            I = BeerLambertFunction.apply(L_excl, mu.contiguous(), w)
         if self.output == "intensity":
             return I
         T = I / w.sum()
@@ -134,6 +144,6 @@ class XRayRenderer(nn.Module):
         for b in range(B):
             cam = self.cameras[b if n_view > 1 else 0]
             vb = [(v[b if v.shape[0] > 1 else 0] if isb else v) for v, isb in zip(vertices, batched)]
-            L = path_lengths(vb, self.faces, cam, K=self.K)
+            L = path_lengths(vb, self.faces, cam, K=self.K, deterministic=self.deterministic)
             out.append(L if self.output == "path_length" else self._physics(L, mu_scale))
         return torch.stack(out)
