@@ -38,6 +38,22 @@ def _as_matrix(name: str, a, shape) -> np.ndarray:
     return arr
 
 
+def _positive_int(name: str, val) -> int:
+    if not isinstance(val, (int, np.integer)) or isinstance(val, bool) or val <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {val!r}")
+    return int(val)
+
+
+def _positive_mm(name: str, val) -> float:
+    try:
+        x = float(val)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be a number of mm, got {val!r}") from exc
+    if not np.isfinite(x) or x <= 0:
+        raise ValueError(f"{name} must be a positive finite number of mm, got {val!r}")
+    return x
+
+
 def rq_decomposition(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Split a 3x3 matrix into ``M = K @ R``.
 
@@ -74,21 +90,17 @@ class Camera:
     def __post_init__(self):
         P = _as_matrix("P", self.P, (3, 4))
         for name in ("width", "height"):
-            val = getattr(self, name)
-            if not isinstance(val, (int, np.integer)) or isinstance(val, bool) or val <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {val!r}")
-            object.__setattr__(self, name, int(val))
+            object.__setattr__(self, name, _positive_int(name, getattr(self, name)))
         M = P[:, :3]
-        if abs(np.linalg.det(M)) < 1e-12 * max(1.0, np.abs(M).max()) ** 3:
+        # scale-invariant test: |det| relative to the product of the row norms (Hadamard bound)
+        rows = np.linalg.norm(M, axis=1)
+        if not np.all(rows > 0) or abs(np.linalg.det(M / rows[:, None])) < 1e-12:
             raise ValueError("P[:, :3] is singular: not a projection matrix of a finite source")
-        P = P / np.linalg.norm(M[2])
+        P = P / rows[2]
         P.setflags(write=False)
         object.__setattr__(self, "P", P)
         if self.pixel_spacing is not None:
-            ps = float(self.pixel_spacing)
-            if not np.isfinite(ps) or ps <= 0:
-                raise ValueError(f"pixel_spacing must be a positive number of mm, got {self.pixel_spacing!r}")
-            object.__setattr__(self, "pixel_spacing", ps)
+            object.__setattr__(self, "pixel_spacing", _positive_mm("pixel_spacing", self.pixel_spacing))
 
     @classmethod
     def from_projection_matrix(cls, P, width: int, height: int, pixel_spacing: float | None = None) -> "Camera":
@@ -98,7 +110,7 @@ class Camera:
         front with ``w < 0``) cannot be told apart from a camera looking the
         other way, so ``P`` must be given with ``w > 0`` in front.
         """
-        return cls(np.array(P, dtype=np.float64, copy=True), width, height, pixel_spacing)
+        return cls(np.array(_as_matrix("P", P, (3, 4)), copy=True), width, height, pixel_spacing)
 
     @classmethod
     def from_intrinsics(cls, K, R, t, width: int, height: int, pixel_spacing: float | None = None) -> "Camera":
@@ -148,18 +160,21 @@ class Camera:
             is then mirrored (``det(R) = -1``). ``False`` gives the view from
             the source (patient's right on the right for a PA beam).
         """
-        sid, sdd, ps = float(sid), float(sdd), float(pixel_spacing)
-        if not (sid > 0 and sdd > sid):
+        sid, sdd = _positive_mm("sid", sid), _positive_mm("sdd", sdd)
+        if not sdd > sid:
             raise ValueError(f"need 0 < sid < sdd, got sid={sid}, sdd={sdd}")
-        if ps <= 0:
-            raise ValueError("pixel_spacing must be positive")
-        a, b = np.deg2rad(lao), np.deg2rad(cran)
+        ps = _positive_mm("pixel_spacing", pixel_spacing)
+        width, height = _positive_int("width", width), _positive_int("height", height)
+        angles = _as_matrix("lao, cran", [lao, cran], (2,))
+        a, b = np.deg2rad(angles)
         # Beam direction (source -> detector) at rest is anterior: -y.
         # LAO: detector rotates toward +x (patient's left) about +z.
         # CRAN: detector tilts toward +z.
         d = np.array([np.sin(a) * np.cos(b), -np.cos(a) * np.cos(b), np.sin(b)])
         down = np.array([0.0, 0.0, -1.0])  # image rows run toward the feet
         y_cam = down - d * (down @ d)
+        if np.linalg.norm(y_cam) < 1e-9:
+            raise ValueError(f"cran={cran} puts the beam along the patient's long axis: image rows are undefined")
         y_cam /= np.linalg.norm(y_cam)
         x_cam = np.cross(y_cam, d)  # right-handed camera frame
         if radiological:
@@ -171,7 +186,7 @@ class Camera:
         f = sdd / ps
         if principal_point is None:
             principal_point = ((width - 1) / 2.0, (height - 1) / 2.0)
-        cx, cy = principal_point
+        cx, cy = _as_matrix("principal_point", np.ravel(principal_point), (2,))
         K = np.array([[f, 0.0, cx], [0.0, f, cy], [0.0, 0.0, 1.0]])
         return cls(K @ np.hstack([R, t[:, None]]), width, height, ps)
 
@@ -183,6 +198,8 @@ class Camera:
             s = K[2, 2]
             K = K / s
             t = np.linalg.solve(K, self.P[:, 3]) / s
+            for a in (K, R, t):
+                a.setflags(write=False)
             self._cache["krt"] = (K, R, t)
         return self._cache["krt"]
 
@@ -236,7 +253,9 @@ class Camera:
         """``inv(P[:, :3])`` (3, 3): ``M_inv @ (u, v, 1)`` is the ray of pixel (u, v),
         scaled so that it advances the depth ``w`` by 1 mm per unit."""
         if "minv" not in self._cache:
-            self._cache["minv"] = np.linalg.inv(self.P[:, :3])
+            minv = np.linalg.inv(self.P[:, :3])
+            minv.setflags(write=False)
+            self._cache["minv"] = minv
         return self._cache["minv"]
 
     # ------------------------------------------------------------ operations

@@ -81,9 +81,12 @@ class Mesh:
     """
 
     def __init__(self, vertices, faces, name: str | None = None):
-        V = np.asarray(vertices)
-        F = np.asarray(faces)
         label = f"mesh {name!r}" if name else "mesh"
+        try:
+            V = np.asarray(vertices)
+            F = np.asarray(faces)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{label}: vertices and faces must be rectangular arrays ({exc})") from None
         if V.ndim != 2 or V.shape[1] != 3:
             raise ValueError(f"{label}: vertices must have shape (N, 3), got {V.shape}")
         if F.ndim != 2 or F.shape[1] != 3:
@@ -91,12 +94,13 @@ class Mesh:
         if not np.issubdtype(V.dtype, np.number) or np.issubdtype(V.dtype, np.complexfloating):
             raise TypeError(f"{label}: vertices must be real numbers, got dtype {V.dtype}")
         if F.size and not np.issubdtype(F.dtype, np.integer):
-            if np.issubdtype(F.dtype, np.floating) and np.all(F == np.round(F)):
+            if np.issubdtype(F.dtype, np.floating) and np.all(np.isfinite(F)) and np.all(F == np.round(F)):
                 F = F.astype(np.int64)
             else:
                 raise TypeError(f"{label}: faces must be integer indices, got dtype {F.dtype}")
-        V = np.ascontiguousarray(V, dtype=np.float64)
-        F = np.ascontiguousarray(F, dtype=np.int64)
+        # own copies: the caller's arrays stay writable and cannot change the mesh
+        V = np.array(V, dtype=np.float64, order="C", copy=True)
+        F = np.array(F, dtype=np.int64, order="C", copy=True)
         bad = ~np.isfinite(V).all(axis=1)
         if bad.any():
             raise ValueError(f"{label}: {int(bad.sum())} vertices contain NaN or inf (first at index {int(np.argmax(bad))})")
@@ -176,10 +180,13 @@ class Mesh:
     def oriented(self, warn: bool = True) -> "Mesh":
         """This mesh with consistent, outward faces (itself when already so).
 
-        Orientation is propagated across shared edges within each connected
-        component, then each closed component is flipped if its volume is
-        negative. Warns (:class:`MeshWarning`) whenever it changed anything.
-        Open or non-manifold meshes are returned unchanged.
+        Orientation is propagated across shared edges within each
+        edge-connected component, and each component keeps the orientation
+        of the majority (by area) of its faces, so an inward-facing internal
+        cavity (see :mod:`taichi_xray.ct.labels`) stays a cavity. If the total
+        signed volume is then negative, all faces are flipped. Warns
+        (:class:`MeshWarning`) whenever it changed anything. Open or
+        non-manifold meshes are returned unchanged.
         """
         rep = self.check()
         if rep.outward or not rep.watertight:
@@ -203,8 +210,13 @@ class Mesh:
         turn the mesh inside out.
         """
         R = np.eye(3) if R is None else np.asarray(R, dtype=np.float64)
-        t = np.zeros(3) if t is None else np.asarray(t, dtype=np.float64).reshape(3)
-        c = np.zeros(3) if centre is None else np.asarray(centre, dtype=np.float64).reshape(3)
+        t = np.zeros(3) if t is None else np.asarray(t, dtype=np.float64)
+        c = np.zeros(3) if centre is None else np.asarray(centre, dtype=np.float64)
+        if t.size != 3 or c.size != 3:
+            raise ValueError(f"t and centre must be 3-vectors (mm), got shapes {t.shape} and {c.shape}")
+        t, c = t.reshape(3), c.reshape(3)
+        if not (np.isfinite(t).all() and np.isfinite(c).all()):
+            raise ValueError("t and centre must be finite")
         if R.shape != (3, 3) or not np.allclose(R @ R.T, np.eye(3), atol=1e-6) or np.linalg.det(R) < 0:
             raise ValueError("R must be a 3x3 rotation matrix (orthogonal, det +1)")
         V = (self.vertices - c) @ R.T + c + t
@@ -218,9 +230,10 @@ class Mesh:
     def load(cls, path, name: str | None = None, merge_vertices: bool = True) -> "Mesh":
         """Read any triangle mesh that meshio reads (STL, OBJ, PLY, OFF, VTK, VTU, ...).
 
-        Exactly coincident vertices are merged (STL stores a triangle soup).
-        Non-triangle cells are split into triangles where they are polygons;
-        volume cells are rejected.
+        Exactly coincident vertices are merged (STL stores a triangle soup),
+        keeping the file's vertex order (first occurrence), and unused
+        vertices are dropped. Polygon cells are split into triangles (fan);
+        other cells (lines, volume cells) are ignored.
         """
         import meshio
 
@@ -228,7 +241,9 @@ class Mesh:
         if not os.path.exists(path):
             raise FileNotFoundError(f"mesh file not found: {path}")
         try:
-            m = meshio.read(path)
+            with warnings.catch_warnings():  # meshio's STL format sniffing overflows on ASCII files
+                warnings.simplefilter("ignore", RuntimeWarning)
+                m = meshio.read(path)
         except Exception as exc:
             raise ValueError(f"could not read mesh file {path}: {exc}") from exc
         tris = []
@@ -241,11 +256,20 @@ class Mesh:
                     tris.append(data[:, [0, k, k + 1]])
         if not tris:
             raise ValueError(f"{path}: no triangle or polygon cells (found {[b.type for b in m.cells]})")
-        F = np.concatenate(tris, axis=0)
-        V = np.asarray(m.points, dtype=np.float64)[:, :3]
-        if merge_vertices:
-            V, inv = np.unique(V, axis=0, return_inverse=True)
-            F = inv.reshape(-1)[F]
+        F = np.concatenate(tris, axis=0).astype(np.int64)
+        V = np.asarray(m.points, dtype=np.float64)
+        if V.ndim != 2 or V.shape[1] < 3:
+            raise ValueError(f"{path}: points must be 3-D, got shape {V.shape}")
+        V = V[:, :3]
+        if F.size and (F.min() < 0 or F.max() >= len(V)):
+            raise ValueError(f"{path}: face indices out of range [0, {len(V) - 1}]")
+        if merge_vertices and np.isfinite(V).all():
+            _, first, inv = np.unique(V, axis=0, return_index=True, return_inverse=True)
+            order = np.argsort(first)  # unique points in order of first occurrence
+            rank = np.empty_like(order)
+            rank[order] = np.arange(len(order))
+            V = V[first[order]]
+            F = rank[inv.reshape(-1)][F]
         used = np.unique(F)
         if len(used) != len(V):  # drop unused vertices
             remap = np.full(len(V), -1, dtype=np.int64)
@@ -253,14 +277,22 @@ class Mesh:
             V, F = V[used], remap[F]
         return cls(V, F, name or os.path.splitext(os.path.basename(path))[0])
 
-    def save(self, path, overwrite: bool = False) -> None:
-        """Write the mesh with meshio (format from the extension); never overwrites unless asked."""
+    def save(self, path, overwrite: bool = False, **options) -> None:
+        """Write the mesh with meshio (format from the extension); never overwrites unless asked.
+
+        ``options`` go to :func:`meshio.write`, e.g. ``binary=True`` for STL
+        (float32 coordinates; meshio writes ASCII STL by default).
+        """
         import meshio
 
         path = os.fspath(path)
         if os.path.exists(path) and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-        meshio.write(path, meshio.Mesh(self.vertices, [("triangle", self.faces)]))
+        F = self.faces.astype(np.int32) if len(self.vertices) < 2**31 else self.faces  # PLY has no int64
+        try:
+            meshio.write(path, meshio.Mesh(self.vertices, [("triangle", F)]), **options)
+        except (meshio.ReadError, meshio.WriteError) as exc:  # meshio raises ReadError for an unknown extension
+            raise ValueError(f"cannot write {path}: {exc}") from exc
 
 
 # ------------------------------------------------------------------ helpers
@@ -294,6 +326,7 @@ def _orient_components(V: np.ndarray, F: np.ndarray) -> np.ndarray:
     from collections import deque
 
     F = F.copy()
+    flipped = np.zeros(len(F), dtype=bool)
     fa, fb, ea, eb = _face_adjacency(F)
     nbrs: list[list[int]] = [[] for _ in range(len(F))]
     for a, b in zip(fa.tolist(), fb.tolist()):
@@ -316,13 +349,17 @@ def _orient_components(V: np.ndarray, F: np.ndarray) -> np.ndarray:
                 eg = {(F[g, k], F[g, (k + 1) % 3]) for k in range(3)}
                 if ef & eg:  # same directed edge: g is flipped relative to f
                     F[g] = F[g, ::-1]
+                    flipped[g] = True
                 seen[g] = True
                 comp.append(g)
                 q.append(g)
         comps.append(np.array(comp))
-    for comp in comps:
-        v = V[F[comp]]
-        vol = np.einsum("ij,ij->i", v[:, 0], np.cross(v[:, 1], v[:, 2])).sum()
-        if vol < 0:
+    v = V[F]
+    area = np.linalg.norm(np.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0]), axis=1)
+    for comp in comps:  # keep the orientation of the majority (by area) of the input faces
+        if area[comp][flipped[comp]].sum() > area[comp][~flipped[comp]].sum():
             F[comp] = F[comp][:, ::-1]
+    v = V[F] - V[F].mean(axis=(0, 1))
+    if np.einsum("ij,ij->i", v[:, 0], np.cross(v[:, 1], v[:, 2])).sum() < 0:
+        F = F[:, ::-1].copy()
     return F
