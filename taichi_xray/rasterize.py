@@ -106,49 +106,94 @@ def _as_vertices(v, name: str, dtype, device) -> torch.Tensor:
         raise ValueError(f"{name}: vertices must have shape (N, 3), got {tuple(t.shape)}")
     if not (t.dtype.is_floating_point):
         raise TypeError(f"{name}: vertices must be floating point, got {t.dtype}")
+    t = t.to(device=device, dtype=dtype)
     if not torch.isfinite(t).all():
         raise ValueError(f"{name}: vertices contain NaN or inf")
-    return t.to(device=device, dtype=dtype)
+    return t
+
+
+def _as_faces(F, n_vertices: int, name: str, device) -> torch.Tensor:
+    F = F.detach() if isinstance(F, torch.Tensor) else torch.from_numpy(np.array(F, copy=True))
+    if F.ndim != 2 or F.shape[1] != 3 or F.dtype.is_floating_point or F.dtype == torch.bool:
+        raise ValueError(f"{name}: faces must be an integer array of shape (M, 3)")
+    F = F.to(device=device, dtype=torch.int32)
+    if len(F) and (int(F.min()) < 0 or int(F.max()) >= n_vertices):
+        raise ValueError(f"{name}: face indices out of range [0, {n_vertices - 1}]")
+    return F
+
+
+def _mesh_tensors(m: Mesh, dtype, device):
+    """Vertices and int32 faces of a Mesh on the kernels' device, cached on the Mesh.
+
+    A Mesh is immutable and was validated when it was built, so its tensors
+    are made once per (dtype, device). Inward meshes are reoriented (with a
+    warning) once; open meshes warn once.
+    """
+    cache = m.__dict__.setdefault("_tx_tensors", {})
+    key = (dtype, str(device))
+    if key not in cache:
+        rep = m.check()
+        src = m
+        if rep.watertight and not rep.outward:
+            src = m.oriented()  # warns
+        elif not rep.watertight:
+            warnings.warn(
+                f"{m!r} is not watertight ({'; '.join(rep.problems())}); unbalanced pixels "
+                "take a neighbour's value and are flagged",
+                MeshWarning,
+                stacklevel=4,
+            )
+        V = torch.from_numpy(np.array(src.vertices)).to(device=device, dtype=dtype)
+        F = torch.from_numpy(np.array(src.faces, dtype=np.int32)).to(device)
+        cache[key] = (V, F)
+    return cache[key]
 
 
 def _pack(meshes, dtype, device):
     """Concatenate meshes: vertices (N, 3), faces (M, 3) int32, face_mesh (M,), offsets."""
-    Vs, Fs, ids, face_off, vert_offs = [], [], [], [0], [0]
+    Vs, Fs, face_off, vert_offs = [], [], [0], [0]
     for p, m in enumerate(meshes):
         if isinstance(m, Mesh):
-            rep = m.check()
-            if rep.watertight and not rep.outward:
-                m = m.oriented()  # warns
-            elif not rep.watertight:
-                warnings.warn(
-                    f"{m!r} is not watertight ({'; '.join(rep.problems())}); unbalanced pixels "
-                    "take a neighbour's value and are flagged",
-                    MeshWarning,
-                    stacklevel=3,
-                )
-            V, F, name = m.vertices, m.faces, repr(m)
+            V, F = _mesh_tensors(m, dtype, device)
         else:
             try:
                 V, F = m
             except (TypeError, ValueError):
                 raise TypeError(f"meshes[{p}] must be a Mesh or a (vertices, faces) pair") from None
-            name = f"meshes[{p}]"
-        V = _as_vertices(V, name, dtype, device)
-        F = F.detach() if isinstance(F, torch.Tensor) else torch.from_numpy(np.array(F, copy=True))
-        if F.ndim != 2 or F.shape[1] != 3 or F.dtype.is_floating_point:
-            raise ValueError(f"{name}: faces must be an integer array of shape (M, 3)")
-        if len(F) and (int(F.min()) < 0 or int(F.max()) >= len(V)):
-            raise ValueError(f"{name}: face indices out of range [0, {len(V) - 1}]")
+            V = _as_vertices(V, f"meshes[{p}]", dtype, device)
+            F = _as_faces(F, len(V), f"meshes[{p}]", device)
         Vs.append(V)
-        Fs.append(F.to(device=device, dtype=torch.int64) + vert_offs[-1])
-        ids.append(torch.full((len(F),), p, dtype=torch.int32, device=device))
+        Fs.append(F if vert_offs[-1] == 0 else F + vert_offs[-1])
         vert_offs.append(vert_offs[-1] + len(V))
         face_off.append(face_off[-1] + len(F))
     if not Vs:
         raise ValueError("no meshes given")
-    V = torch.cat(Vs).contiguous()
-    F = torch.cat(Fs).to(torch.int32).contiguous()
-    return V, F, torch.cat(ids).contiguous(), np.asarray(face_off, dtype=np.int64), np.asarray(vert_offs, dtype=np.int64)
+    face_off = np.asarray(face_off, dtype=np.int64)
+    if len(Vs) == 1:
+        V, F = Vs[0].contiguous(), Fs[0].contiguous()
+        face_mesh = torch.zeros(len(F), dtype=torch.int32, device=device)
+    else:
+        V = torch.cat(Vs).contiguous()
+        F = torch.cat(Fs).contiguous()
+        face_mesh = torch.repeat_interleave(
+            torch.arange(len(Vs), dtype=torch.int32, device=device),
+            torch.as_tensor(np.diff(face_off), device=device),
+        ).contiguous()
+    return V, F, face_mesh, face_off, np.asarray(vert_offs, dtype=np.int64)
+
+
+def _camera_tensors(camera: Camera, dtype, device):
+    """P, inv(P[:, :3]) and the source as tensors, cached on the (immutable) camera."""
+    key = ("tensors", dtype, str(device))
+    if key not in camera._cache:
+        camera._cache[key] = tuple(
+            torch.tensor(np.array(a), dtype=dtype, device=device) for a in (camera.P, camera.M_inv, camera.source)
+        )
+    return camera._cache[key]
+
+
+# slot capacity to start from, per image size and face count (grown K is remembered)
+_K_HINT: dict = {}
 
 
 def rasterize(
@@ -204,28 +249,32 @@ def rasterize(
     real = _REAL[dtype]
     V, F, face_mesh, face_off, vert_off = _pack(meshes, dtype, device)
     P, H, W = len(meshes), camera.height, camera.width
-
-    cam = torch.tensor(np.array(camera.P), dtype=dtype, device=device)
-    minv = torch.tensor(np.array(camera.M_inv), dtype=dtype, device=device)
-    src = torch.tensor(np.array(camera.source), dtype=dtype, device=device)
+    cam, minv, src = _camera_tensors(camera, dtype, device)
     proj = torch.empty((len(V), 3), dtype=dtype, device=device)
     kr.project_vertices(V, cam, proj, real)
 
     if deterministic:
         keep_slots = True
-    cap = 0 if not keep_slots else (16 if K is None else int(K))
-    if keep_slots and cap < 1:
-        raise ValueError(f"K must be a positive integer, got {K}")
+    hint_key = (H, W, len(F))
+    if not keep_slots:
+        cap = 0
+    elif K is None:
+        cap = _K_HINT.get(hint_key, 8)
+    else:
+        cap = int(K)
+        if cap < 1:
+            raise ValueError(f"K must be a positive integer, got {K}")
+    L = torch.empty((P, H, W), dtype=dtype, device=device)
+    balance = torch.empty((P, H, W), dtype=torch.int32, device=device)
+    count = torch.empty((H, W), dtype=torch.int32, device=device)
+    status = torch.zeros(kr.ST_UNBALANCED + P, dtype=torch.int32, device=device)
     for attempt in range(2):
-        L = torch.zeros((P, H, W), dtype=dtype, device=device)
-        balance = torch.zeros((P, H, W), dtype=torch.int32, device=device)
-        count = torch.zeros((H, W), dtype=torch.int32, device=device)
-        slot_face = torch.empty((H, W, max(cap, 1) if keep_slots else 1), dtype=torch.int32, device=device)
+        slot_face = torch.empty((H, W, max(cap, 1)), dtype=torch.int32, device=device)
         slot_depth = torch.empty(slot_face.shape, dtype=dtype, device=device)
-        status = torch.zeros(4, dtype=torch.int32, device=device)
+        kr.clear(L, balance, count, status)
         kr.rasterize_faces(V, F, face_mesh, proj, src, minv, L, balance, count, slot_face, slot_depth, status,
                            cap, int(keep_slots), real)
-        kr.max_count(count, status)
+        kr.finish(count, balance, status)
         st = status.cpu().numpy()
         if st[kr.ST_STRADDLE]:
             names = _straddling_meshes(proj, F, face_mesh, face_off, meshes)
@@ -234,6 +283,8 @@ def rasterize(
                 f"detector ({names}); the source must lie outside every mesh and in front of none of its faces"
             )
         need = int(st[kr.ST_MAX_COUNT])
+        if keep_slots and K is None:
+            _K_HINT[hint_key] = max(need, 1)
         if not keep_slots or need <= cap or K is not None:
             break
         cap = need  # grow K and run again
@@ -254,22 +305,23 @@ def rasterize(
         slot_face = slot_face[:, :, :0]
         slot_depth = slot_depth[:, :, :0]
 
-    flags = torch.zeros((P, H, W), dtype=torch.int32, device=device)
     n_fixed = np.zeros(P, dtype=np.int64)
-    if fix_unbalanced:
-        unbalanced = (balance != 0)
-        if bool(unbalanced.any()):
-            out = torch.empty_like(L)
-            kr.fill_unbalanced(L, balance, out, flags, int(fix_radius), real)
-            L = out
-            n_fixed = unbalanced.sum(dim=(1, 2)).cpu().numpy().astype(np.int64)
-            warnings.warn(
-                f"{int(n_fixed.sum())} pixels had unbalanced entries/exits (open mesh or edge-on faces) and took a "
-                f"neighbour's path length; per mesh: {n_fixed.tolist()}",
-                MeshWarning,
-                stacklevel=2,
-            )
-    flags = flags.bool()
+    unbalanced = st[kr.ST_UNBALANCED:].astype(np.int64)
+    flags = torch.empty((P, H, W), dtype=torch.uint8, device=device)
+    if fix_unbalanced and unbalanced.any():
+        out = torch.empty_like(L)
+        kr.fill_unbalanced(L, balance, out, flags, int(fix_radius), real)
+        L = out
+        n_fixed = unbalanced
+        warnings.warn(
+            f"{int(n_fixed.sum())} pixels had unbalanced entries/exits (open mesh or edge-on faces) and took a "
+            f"neighbour's path length; per mesh: {n_fixed.tolist()}",
+            MeshWarning,
+            stacklevel=2,
+        )
+    else:
+        kr.clear_flags(flags)
+    flags = flags.view(torch.bool)
     if overflow is not None:
         flags |= overflow[None]
     return Raster(L, flags, count, slot_face, slot_depth, face_off, n_fixed, camera, V, F, face_mesh, vert_off)

@@ -4,8 +4,14 @@ Every module that launches a Taichi kernel calls :func:`ensure_init` first.
 The backend is chosen by :func:`init`'s ``arch`` argument, else by the
 environment variable ``TAICHI_XRAY_ARCH`` (``cuda``, ``vulkan``, ``metal``,
 ``cpu`` or ``auto``; default ``auto``). ``auto`` takes the best GPU backend
-that starts (CUDA, then Vulkan, then Metal) and otherwise the CPU, and says
-which one it took.
+that starts and passes a start-up check (CUDA, then Vulkan, then Metal) and
+otherwise the CPU, and says which one it took. The check
+(:mod:`taichi_xray.kernels.selftest`) counts atomic additions in nested
+loops, which the rasterizer relies on; Mesa's software Vulkan fails it.
+
+Taichi runs with ``fast_math=False``: the watertight coverage rule needs the
+edge functions of a shared edge to be evaluated identically for both faces,
+which reassociation would break.
 
 Floating point: Taichi's ``default_fp`` is global, so it stays ``f32`` and
 every kernel family in this package is specialised on the dtype of the arrays
@@ -61,8 +67,9 @@ def init(arch: str | None = None, *, debug: bool = False, verbose: bool = False)
     ----------
     arch : {"auto", "cuda", "vulkan", "metal", "cpu"}, optional
         Backend. ``None`` reads ``TAICHI_XRAY_ARCH`` (default ``"auto"``).
-        A GPU backend that does not start falls back to the CPU with a
-        :class:`BackendFallbackWarning` that says so.
+        A GPU backend that does not start, or that fails a start-up check
+        of atomic additions (Mesa's software Vulkan loses updates), falls
+        back to the CPU with a :class:`BackendFallbackWarning` that says so.
     debug : bool
         Taichi debug mode (bounds checks; slow).
     verbose : bool
@@ -81,6 +88,7 @@ def init(arch: str | None = None, *, debug: bool = False, verbose: bool = False)
         debug=debug,
         log_level=ti.INFO if verbose else ti.WARN,
         offline_cache=True,
+        fast_math=False,
     )
     if requested == "auto":
         order = ["cuda", "vulkan", "metal"]
@@ -92,15 +100,21 @@ def init(arch: str | None = None, *, debug: bool = False, verbose: bool = False)
 
     order = [n for n in order if is_arch_supported(getattr(ti, n))]
     got = None
+    why = "is not available here"
     for name in order:
         got = _try_init(name, **kw)
         if got is not None and got != "cpu":
-            break
+            from .kernels.selftest import atomics_ok
+
+            if atomics_ok():
+                break
+            why = "failed the start-up check (atomic additions lost updates; a software Vulkan driver?)"
+            (log.info if requested == "auto" else log.warning)("taichi_xray: backend %s %s", name, why)
         got = None
     if got is None:
         if requested not in ("auto", "cpu", "x64", "arm64"):
             warnings.warn(
-                f"taichi_xray: backend {requested!r} is not available here; running on the CPU",
+                f"taichi_xray: backend {requested!r} {why}; running on the CPU",
                 BackendFallbackWarning,
                 stacklevel=2,
             )

@@ -27,6 +27,7 @@ ST_BEHIND = 0  # faces entirely behind the source plane (culled)
 ST_STRADDLE = 1  # faces crossing the source plane (not rasterized; the caller raises)
 ST_EDGE_ON = 2  # faces seen exactly edge-on (zero projected area; they cover nothing)
 ST_MAX_COUNT = 3  # largest per-pixel coverage count (for K overflow)
+ST_UNBALANCED = 4  # status[4 + p]: unbalanced pixels of mesh p
 
 
 @ti.kernel
@@ -208,7 +209,7 @@ def fill_unbalanced(
     L: ti.types.ndarray(),  # (P, H, W) path lengths (read)
     balance: ti.types.ndarray(),  # (P, H, W) int32
     out: ti.types.ndarray(),  # (P, H, W) corrected path lengths
-    flags: ti.types.ndarray(),  # (P, H, W) int32: 1 where corrected
+    flags: ti.types.ndarray(),  # (P, H, W) uint8: 1 where corrected
     radius: ti.i32,
     real: ti.template(),
 ):
@@ -244,9 +245,31 @@ def fill_unbalanced(
 
 
 @ti.kernel
-def max_count(count: ti.types.ndarray(), status: ti.types.ndarray()):
+def clear(L: ti.types.ndarray(), balance: ti.types.ndarray(), count: ti.types.ndarray(), status: ti.types.ndarray()):
+    """Zero the accumulators (one kernel instead of several library calls)."""
+    for p, r, c in ti.ndrange(L.shape[0], L.shape[1], L.shape[2]):
+        L[p, r, c] = 0
+        balance[p, r, c] = 0
+        if p == 0:
+            count[r, c] = 0
+    for i in range(status.shape[0]):
+        status[i] = 0
+
+
+@ti.kernel
+def clear_flags(flags: ti.types.ndarray()):
+    for I in ti.grouped(flags):
+        flags[I] = 0
+
+
+@ti.kernel
+def finish(count: ti.types.ndarray(), balance: ti.types.ndarray(), status: ti.types.ndarray()):
+    """Largest coverage count and the number of unbalanced pixels per mesh, into status."""
     for r, c in ti.ndrange(count.shape[0], count.shape[1]):
         ti.atomic_max(status[ST_MAX_COUNT], count[r, c])
+        for p in range(balance.shape[0]):
+            if balance[p, r, c] != 0:
+                ti.atomic_add(status[ST_UNBALANCED + p], 1)
 
 
 @ti.func

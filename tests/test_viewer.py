@@ -1,0 +1,426 @@
+"""Viewer: input handling without a window, the off-screen GGUI mode, the missing-Vulkan path.
+
+The GGUI tests need Vulkan (on a CPU machine: Mesa's software driver,
+``apt-get install mesa-vulkan-drivers libvulkan1``) and are skipped without it.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from taichi_xray.camera import Camera
+from taichi_xray.imageio import load_projection_matrix, read_png, to_uint
+from taichi_xray.mesh import Mesh
+from taichi_xray.primitives import box, ellipsoid, icosphere
+from taichi_xray.scene import load_scene
+from taichi_xray.viewer_state import (CRAN_LIMIT, ViewerState, camera_path, display_quantity, drag_to_angles,
+                                      unique_stem, window_to_uint8, wrap_angle)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------------------
+# a small scene: an ellipsoid "body" with a box "bone" and a sphere "lung" inside
+# ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def scene_path(tmp_path_factory):
+    d = tmp_path_factory.mktemp("viewer_scene")
+    Mesh(*ellipsoid((90.0, 60.0, 110.0), n_lat=12, n_lon=24), "body").save(d / "body.stl")
+    Mesh(*box((30.0, 30.0, 120.0), centre=(0.0, 20.0, 0.0)), "bone").save(d / "bone.stl")
+    Mesh(*icosphere(35.0, 2, centre=(-40.0, -10.0, 20.0)), "lung").save(d / "lung.stl")
+    (d / "small.toml").write_text(textwrap.dedent("""
+        [scene]
+        name = "small"
+        [camera]
+        sid = 600.0
+        sdd = 1000.0
+        detector = [48, 40]
+        pixel_spacing = 6.0
+        lao = 10.0
+        cran = -5.0
+        [spectrum]
+        kvp = 70
+        filtration = { Al = 2.5 }
+        bin_width = 5.0
+        [output]
+        kind = "line_integral"
+        air = true
+        [[object]]
+        name = "body"
+        mesh = "body.stl"
+        material = "soft_tissue"
+        [[object]]
+        name = "bone"
+        mesh = "bone.stl"
+        material = "cortical_bone"
+        parent = "body"
+        [[object]]
+        name = "lung"
+        mesh = "lung.stl"
+        material = "lung"
+        parent = "body"
+        """))
+    return d / "small.toml"
+
+
+@pytest.fixture(scope="module")
+def scene(scene_path):
+    return load_scene(scene_path)
+
+
+# ----------------------------------------------------------------------------------------
+# input handling (no window)
+# ----------------------------------------------------------------------------------------
+def test_drag_to_angles():
+    # a drag across the whole pane turns by 180 deg; right = LAO, up (dy < 0) = CRAN
+    assert drag_to_angles(0.0, 0.0, 256, 0, 256) == (-180.0, 0.0)  # wraps to [-180, 180)
+    assert drag_to_angles(10.0, 0.0, 64, 0, 256) == pytest.approx((55.0, 0.0))
+    assert drag_to_angles(0.0, 0.0, -32, -64, 256) == pytest.approx((-22.5, 45.0))
+    assert drag_to_angles(170.0, 0.0, 32, 0, 256)[0] == pytest.approx(-167.5)
+    assert drag_to_angles(0.0, 80.0, 0, -256, 256)[1] == CRAN_LIMIT  # clamped
+    assert drag_to_angles(0.0, -80.0, 0, 256, 256)[1] == -CRAN_LIMIT
+    with pytest.raises(ValueError, match="pane_px"):
+        drag_to_angles(0, 0, 1, 1, 0)
+    assert wrap_angle(190) == -170 and wrap_angle(-180) == -180 and wrap_angle(540) == -180
+
+
+def test_state_from_scene_and_keys(scene):
+    st = ViewerState.from_scene(scene)
+    assert (st.lao, st.cran, st.sdd, st.sid, st.size) == (10.0, -5.0, 1000.0, 600.0, (48, 40))
+    assert st.kvp == 70 and st.filtration == {"Al": 2.5, "Cu": 0.0}
+    assert st.visible == [True] * 3 and st.mu_scale == [1.0] * 3 and st.auto_window
+    g0 = st.geometry_key()
+    assert st.handle_key("Right") is None and st.lao == 15.0
+    assert st.handle_key("Left", shift=True) is None and st.lao == 14.0
+    st.handle_key("Up")
+    st.handle_key("Up")
+    assert st.cran == 5.0
+    st.handle_key("Down", shift=True)
+    assert st.cran == 4.0
+    assert st.geometry_key() != g0
+    assert st.handle_key("s") == "save" and st.handle_key("Escape") == "quit"
+    st.handle_key("n")
+    assert st.noise
+    st.handle_key("i")
+    assert st.invert
+    st.handle_key("l")
+    assert st.kind == "transmission" and st.auto_window
+    st.handle_key("l")
+    assert st.kind == "line_integral"
+    st.handle_key("r")
+    assert (st.lao, st.cran, st.noise, st.invert) == (10.0, -5.0, False, False)
+    assert st.geometry_key() == g0
+    # command-line overrides of the initial view are what reset returns to
+    st = ViewerState.from_scene(scene, size=(24, 20), lao=-30, cran=12, kvp=90)
+    st.handle_key("Right")
+    st.handle_key("r")
+    assert (st.lao, st.cran, st.kvp, st.size) == (-30.0, 12.0, 90.0, (24, 20))
+    with pytest.raises(ValueError, match="cran"):
+        ViewerState.from_scene(scene, cran=95)
+
+
+def test_sliders_to_scene_parameters(scene):
+    st = ViewerState.from_scene(scene)
+    g, m, s = st.geometry_key(), st.material_key(), st.spectrum_key()
+    # SDD: camera focal length follows, angles stay
+    assert st.set_param("sdd", 1200.0)
+    cam = st.camera(scene.camera_spec)
+    ref = Camera.c_arm(sid=600, sdd=1200, width=48, height=40, pixel_spacing=6.0, lao=10, cran=-5)
+    np.testing.assert_allclose(cam.P, ref.P, atol=1e-9)
+    assert st.geometry_key() != g and st.material_key() == m and st.spectrum_key() == s
+    with pytest.raises(ValueError, match="sdd"):
+        st.set_param("sdd", 500.0)  # not beyond the isocentre
+    # kVp / filtration -> spectrum only
+    assert st.set_param("kvp", 100)
+    assert st.spectrum_key() != s and st.material_key() == m
+    sp = st.spectrum(scene.spectrum_spec)
+    from taichi_xray.physics.spectra import Spectrum
+
+    ref_sp = Spectrum.tungsten(100.0, filtration={"Al": 2.5}, bin_width=5.0)  # Cu 0 mm is left out
+    np.testing.assert_allclose(sp.energies, ref_sp.energies)
+    np.testing.assert_allclose(sp.photons, ref_sp.photons)
+    st.set_param("filter:Cu", 0.5)
+    hard = st.spectrum(scene.spectrum_spec)
+    assert hard.mean_energy() > sp.mean_energy()  # copper hardens the beam
+    with pytest.raises(ValueError, match="kvp"):
+        st.set_param("kvp", 20)
+    with pytest.raises(KeyError, match="Sn"):
+        st.set_param("filter:Sn", 1.0)
+    # objects -> material weights only
+    s2, g2 = st.spectrum_key(), st.geometry_key()
+    assert st.set_param("visible", False, 1)
+    assert not st.set_param("visible", False, 1)  # unchanged
+    st.set_param("mu_scale", 2.0, 2)
+    assert st.material_key() != m and st.spectrum_key() == s2 and st.geometry_key() == g2
+    with pytest.raises(IndexError):
+        st.set_param("visible", True, 7)
+    with pytest.raises(ValueError, match="mu_scale"):
+        st.set_param("mu_scale", -1.0, 0)
+    with pytest.raises(KeyError, match="bogus"):
+        st.set_param("bogus", 1)
+    with pytest.raises(TypeError, match="sdd"):
+        st.set_param("sdd", "far")
+
+
+def test_window_level(scene):
+    img = np.array([[0.0, 0.5, 1.0], [2.0, -1.0, np.nan]])
+    u = window_to_uint8(img, 0.0, 1.0)
+    np.testing.assert_array_equal(u, [[0, 128, 255], [255, 0, 0]])
+    np.testing.assert_array_equal(window_to_uint8(img, 0.0, 1.0, invert=True), [[255, 128, 0], [0, 255, 255]])
+    # same rule as imageio.to_uint (the PNG writer of render)
+    r = np.random.default_rng(0).normal(size=(20, 30))
+    np.testing.assert_array_equal(window_to_uint8(r, -1.0, 1.5), to_uint(r, 8, (-1.0, 1.5)))
+    np.testing.assert_array_equal(window_to_uint8(r, -1.0, 1.5, True), to_uint(r, 8, (-1.0, 1.5), True))
+    with pytest.raises(ValueError, match="window"):
+        window_to_uint8(img, 1.0, 0.0)
+    # sliders and right drag switch the auto window off
+    st = ViewerState.from_scene(scene)
+    st.window = (1.0, 3.0)
+    st.set_param("window_lo", 1.5)
+    assert st.window == (1.5, 3.0) and not st.auto_window
+    st.set_param("window_hi", 1.0)  # never below lo
+    assert st.window == (1.5, 1.5)
+    st.window = (1.0, 3.0)
+    st.level_drag(0.0, 100.0, 100.0)  # down one pane: centre + one width
+    assert st.window == pytest.approx((3.0, 5.0))
+    st.level_drag(100.0 * np.log(2.0), 0.0, 100.0)  # right: width doubles
+    assert st.window == pytest.approx((2.0, 6.0))
+
+
+def test_display_quantity_log_linear():
+    T = np.array([[1.0, np.exp(-2.0)], [0.0, 0.25]])
+    np.testing.assert_allclose(display_quantity(T, "transmission"), T)
+    np.testing.assert_allclose(display_quantity(T, "intensity", I0=4.0), 4 * T)
+    li = display_quantity(T, "line_integral", floor=1e-3)
+    np.testing.assert_allclose(li, [[0.0, 2.0], [-np.log(1e-3), np.log(4.0)]])
+    import torch
+
+    np.testing.assert_allclose(display_quantity(torch.as_tensor(T), "line_integral", floor=1e-3).numpy(), li)
+    with pytest.raises(ValueError, match="display kind"):
+        display_quantity(T, "log")
+
+
+def test_camera_path():
+    p = camera_path(5, "lao", -40, 40, cran=10)
+    assert [a for a, _ in p] == [-40, -20, 0, 20, 40] and all(c == 10 for _, c in p)
+    assert camera_path(4, "orbit", 0) == [(0.0, 0.0), (90.0, 0.0), (-180.0, 0.0), (-90.0, 0.0)]
+    assert camera_path(3, "cran", -30, 30, lao=5) == [(5.0, -30.0), (5.0, 0.0), (5.0, 30.0)]
+    with pytest.raises(ValueError, match="CRAN"):
+        camera_path(3, "cran", -90, 90)
+    with pytest.raises(ValueError, match="frames"):
+        camera_path(0)
+    with pytest.raises(ValueError, match="kind"):
+        camera_path(3, "zigzag")
+
+
+def test_unique_names_never_overwrite(tmp_path):
+    exts = (".png", ".npy", ".P.txt")
+    s1 = unique_stem(tmp_path, "thorax_lao+0", exts)
+    assert s1.name == "thorax_lao+0_001"
+    Path(str(s1) + ".npy").write_text("x")  # any member of the set blocks the number
+    s2 = unique_stem(tmp_path, "thorax_lao+0", exts)
+    assert s2.name == "thorax_lao+0_002"
+    Path(str(s2) + ".png").write_text("x")
+    Path(str(s1) + ".npy").unlink()  # a deleted number is not reused
+    assert unique_stem(tmp_path, "thorax_lao+0", exts).name == "thorax_lao+0_003"
+    assert unique_stem(tmp_path, "a b/c", exts).name == "a_b_c_001"  # safe file names
+    with pytest.raises(FileNotFoundError):
+        unique_stem(tmp_path / "missing", "x", exts)
+
+
+def test_pipeline_weights_match_render_grouping(scene):
+    """All visible, unit scales: the viewer's material weights equal render()'s grouping;
+    hiding an object gives its volume to its parent."""
+    from taichi_xray.render import _group
+    from taichi_xray.viewer import XrayPipeline
+
+    pl = XrayPipeline(scene)
+    G = pl.weights([True] * 3, [1.0] * 3)
+    G_ref, _, _ = _group(scene, True)
+    np.testing.assert_allclose(G, G_ref)
+    Gh = pl.weights([True, False, True], [1.0, 1.0, 1.0])
+    # bone hidden: its column adds nothing to the bone material and nothing is taken from the body
+    assert np.all(Gh[:, 1] == 0)
+    Gb = pl.weights([False, True, True], [1.0, 1.0, 1.0])  # body hidden: children displace air
+    air = pl.air_row
+    np.testing.assert_allclose(Gb[air], [0.0, -1.0, -1.0])
+    Gs = pl.weights([True] * 3, [1.0, 2.0, 1.0])
+    np.testing.assert_allclose(Gs[pl.obj_mat[1], 1], 2.0)
+
+
+def test_pipeline_caches_stages(scene):
+    from taichi_xray.render import render
+    from taichi_xray.viewer import XrayPipeline
+
+    pl = XrayPipeline(scene)
+    st = ViewerState.from_scene(scene)
+    assert {"rasterize", "physics"} <= pl.update(st)
+    res = render(scene)
+    np.testing.assert_allclose(pl.image.cpu().numpy(), res.image, rtol=1e-6, atol=1e-6)
+    assert pl.window == pytest.approx(res.window, rel=1e-6, abs=1e-9)
+    np.testing.assert_array_equal(pl.pixels(), res.pixels)
+    assert pl.update(st) == set()  # nothing changed: nothing recomputed
+    st.set_param("kvp", 90)
+    assert pl.update(st) >= {"physics"} and "rasterize" not in pl.update(st)
+    st.set_param("visible", False, 1)
+    ran = pl.update(st)
+    assert "physics" in ran and "rasterize" not in ran
+    st.handle_key("Right")
+    assert "rasterize" in pl.update(st)
+    assert pl.n_rasterized == 2
+
+
+# ----------------------------------------------------------------------------------------
+# GGUI (needs Vulkan)
+# ----------------------------------------------------------------------------------------
+def _vulkan():
+    from taichi_xray.viewer import vulkan_status
+
+    return vulkan_status()
+
+
+needs_vulkan = pytest.mark.skipif(not _vulkan()[0], reason="no Vulkan for Taichi GGUI (Debian: apt-get install "
+                                  "mesa-vulkan-drivers libvulkan1): " + _vulkan()[1])
+
+
+@pytest.fixture(scope="module")
+def offscreen(scene, tmp_path_factory):
+    if not _vulkan()[0]:
+        pytest.skip("no Vulkan for GGUI")
+    from taichi_xray.viewer import Viewer, run_offscreen
+
+    out = tmp_path_factory.mktemp("frames")
+    v = Viewer(scene, show=False, controls=False)
+    summary = run_offscreen(scene, 3, out, path="lao", start=-30, stop=30, save_window=True, save_npy=True,
+                            viewer=v)
+    return out, summary, v
+
+
+@needs_vulkan
+def test_offscreen_frames_written(offscreen):
+    out, summary, v = offscreen
+    names = sorted(p.name for p in out.iterdir())
+    for i in range(3):
+        for suffix in (".png", ".P.txt", ".npy"):
+            assert f"xray_{i:04d}{suffix}" in names
+        assert f"window_{i:04d}.png" in names
+    info = json.loads((out / "frames.json").read_text())
+    assert [f["lao"] for f in info["frames"]] == pytest.approx([-20.0, 10.0, 40.0])  # scene lao 10 +- 30
+    assert info["fps"] > 0 and len(info["frames"]) == 3
+    frames = [read_png(out / f"xray_{i:04d}.png") for i in range(3)]
+    for f in frames:
+        assert f.shape == (40, 48) and f.dtype == np.uint8
+        assert f.std() > 10  # not blank
+    assert np.abs(frames[0].astype(int) - frames[1]).mean() > 2  # the angle changes the image
+    assert np.abs(frames[1].astype(int) - frames[2]).mean() > 2
+    win = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(out / "window_0001.png"))
+    assert win.shape == (40, 48 + 40, 3)
+    assert win[:, 48:].std() > 1  # the 3D overview drew something
+
+
+@needs_vulkan
+def test_offscreen_pane_matches_render(offscreen, scene):
+    """The X-ray pane as GGUI drew it equals render() of the same camera, within display rounding."""
+    from taichi_xray.render import render
+
+    out, summary, v = offscreen
+    for i in (0, 2):
+        P = load_projection_matrix(out / f"xray_{i:04d}.P.txt")
+        lao = summary["frames"][i]["lao"]
+        sc = scene.with_overrides(lao=lao)
+        np.testing.assert_allclose(sc.camera.P, P, rtol=1e-9, atol=1e-9)
+        res = render(sc)
+        pane = read_png(out / f"xray_{i:04d}.png").astype(int)
+        diff = np.abs(pane - res.pixels.astype(int))
+        assert diff.max() <= 1, diff.max()
+        np.testing.assert_allclose(np.load(out / f"xray_{i:04d}.npy"), res.image, rtol=1e-6, atol=1e-6)
+
+
+@needs_vulkan
+def test_offscreen_refuses_to_overwrite(offscreen, scene):
+    from taichi_xray.viewer import run_offscreen
+
+    out, _, v = offscreen
+    before = {p: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        run_offscreen(scene, 1, out, viewer=v)
+    assert {p: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+@needs_vulkan
+def test_save_key_numbered(offscreen, tmp_path):
+    out, _, v = offscreen
+    assert v.state.handle_key("s") == "save"
+    p1 = v.save(tmp_path)
+    p2 = v.save(tmp_path)
+    assert [Path(p).name for p in p1] == ["small_lao+40_cran-5_001.png", "small_lao+40_cran-5_001.npy",
+                                           "small_lao+40_cran-5_001.P.txt"]
+    assert Path(p2[0]).name == "small_lao+40_cran-5_002.png"
+    np.testing.assert_array_equal(read_png(p1[0]), v.pipeline.pixels())
+    np.testing.assert_allclose(load_projection_matrix(p1[2]), v.pipeline.camera.P, rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------
+# missing Vulkan
+# ----------------------------------------------------------------------------------------
+def _view_args(scene_path, tmp_path, **kw):
+    import argparse
+
+    from taichi_xray.viewer import add_view_subparser
+
+    p = argparse.ArgumentParser()
+    add_view_subparser(p.add_subparsers(dest="command"))
+    argv = ["view", str(scene_path), "--offscreen", "--frames", "1", "--out", str(tmp_path)]
+    return p.parse_args(argv)
+
+
+def test_missing_vulkan_message(scene_path, tmp_path, monkeypatch, capsys):
+    from taichi_xray import viewer
+
+    monkeypatch.setattr(viewer, "vulkan_status", lambda: (False, "simulated"))
+    rc = viewer.main_view(_view_args(scene_path, tmp_path))
+    err = capsys.readouterr().err
+    assert rc == viewer.EXIT_NO_VULKAN
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and "Traceback" not in err
+    assert "mesa-vulkan-drivers" in err and "libvulkan1" in err and "Vulkan" in err
+    assert list(tmp_path.iterdir()) == []
+    # a window that fails to open for lack of Vulkan gives the same message
+    monkeypatch.setattr(viewer, "vulkan_status", lambda: (True, ""))
+
+    def no_window(*a, **k):
+        raise RuntimeError("Vulkan must be available for GGUI")
+
+    monkeypatch.setattr(viewer.ti.ui, "Window", no_window)
+    with pytest.raises(viewer.VulkanUnavailable, match="mesa-vulkan-drivers"):
+        viewer._make_window("x", (8, 8), False)
+
+
+def test_missing_vulkan_subprocess(scene_path, tmp_path):
+    """End to end without a Vulkan driver: one line on stderr, exit status 3."""
+    env = dict(os.environ, VK_ICD_FILENAMES=str(tmp_path / "none.json"), VK_DRIVER_FILES=str(tmp_path / "none.json"),
+               TAICHI_XRAY_ARCH="cpu")
+    r = subprocess.run([sys.executable, "-m", "taichi_xray.viewer", str(scene_path), "--offscreen", "--frames", "1",
+                        "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert r.returncode == 3, r.stderr
+    assert "Traceback" not in r.stderr
+    msg = [l for l in r.stderr.splitlines() if l.startswith("taichi-xray:")]
+    assert len(msg) == 1 and "mesa-vulkan-drivers libvulkan1" in msg[0]
+
+
+def test_bad_view_arguments(scene_path, tmp_path):
+    from taichi_xray import viewer
+
+    args = _view_args(scene_path, tmp_path)
+    args.out = None
+    with pytest.raises(ValueError, match="--out"):
+        viewer.main_view(args)
+    args = _view_args(scene_path, tmp_path)
+    args.range = "a:b"
+    with pytest.raises(ValueError, match="--range"):
+        viewer.main_view(args)
