@@ -268,38 +268,36 @@ def profile_steps(mesh, cam, keep_slots, repeat):
         sync()
         t0 = tstart = time.perf_counter()
         V, F, face_mesh = txr._pack([mesh], dtype, device)[:3]
-        t0 = tick("pack meshes (checks, copies, int casts)", t0)
-        camt = torch.tensor(np.array(cam.P), dtype=dtype, device=device)
-        minv = torch.tensor(np.array(cam.M_inv), dtype=dtype, device=device)
-        src = torch.tensor(np.array(cam.source), dtype=dtype, device=device)
+        t0 = tick("pack meshes (cached tensors of a Mesh)", t0)
+        camt, minv, src = txr._camera_tensors(cam, dtype, device)
         proj = torch.empty((len(V), 3), dtype=dtype, device=device)
-        t0 = tick("camera tensors + proj alloc", t0)
+        t0 = tick("camera tensors (cached) + proj alloc", t0)
         kr.project_vertices(V, camt, proj, real)
         t0 = tick("kernel project_vertices", t0)
         H, W = cam.height, cam.width
-        cap = 16 if keep_slots else 0
-        L = torch.zeros((1, H, W), dtype=dtype, device=device)
-        balance = torch.zeros((1, H, W), dtype=torch.int32, device=device)
-        count = torch.zeros((H, W), dtype=torch.int32, device=device)
+        cap = txr._K_HINT.get((H, W, len(F)), 8) if keep_slots else 0
+        L = torch.empty((1, H, W), dtype=dtype, device=device)
+        balance = torch.empty((1, H, W), dtype=torch.int32, device=device)
+        count = torch.empty((H, W), dtype=torch.int32, device=device)
         slot_face = torch.empty((H, W, max(cap, 1)), dtype=torch.int32, device=device)
         slot_depth = torch.empty(slot_face.shape, dtype=dtype, device=device)
-        status = torch.zeros(4, dtype=torch.int32, device=device)
-        t0 = tick("allocate L/balance/count/slots", t0)
+        status = torch.zeros(kr.ST_UNBALANCED + 1, dtype=torch.int32, device=device)
+        t0 = tick("allocate L/balance/count/slots (empty)", t0)
+        kr.clear(L, balance, count, status)
+        t0 = tick("kernel clear", t0)
         kr.rasterize_faces(V, F, face_mesh, proj, src, minv, L, balance, count, slot_face, slot_depth, status,
                            cap, int(keep_slots), real)
         t0 = tick("kernel rasterize_faces", t0)
-        kr.max_count(count, status)
-        t0 = tick("kernel max_count", t0)
+        kr.finish(count, balance, status)
+        t0 = tick("kernel finish (max count, unbalanced)", t0)
         st = status.cpu().numpy()
         t0 = tick("status -> host", t0)
-        flags = torch.zeros((1, H, W), dtype=torch.int32, device=device)
-        unbalanced = balance != 0
-        any_unb = bool(unbalanced.any())
-        t0 = tick("flags alloc + (balance != 0).any()", t0)
-        flags = flags.bool()
-        t0 = tick("flags.bool()", t0)
+        flags = torch.empty((1, H, W), dtype=torch.uint8, device=device)
+        kr.clear_flags(flags)
+        flags = flags.view(torch.bool)
+        t0 = tick("flags", t0)
         steps.setdefault("TOTAL (replica)", []).append(time.perf_counter() - tstart)
-        del st, any_unb
+        del st
     # full call for reference
     _, times, _ = timed(lambda: tx.rasterize(mesh, cam, keep_slots=keep_slots), repeat, 1, 30)
     out = {k: med_ms(v[1:]) for k, v in steps.items()}

@@ -122,6 +122,12 @@ def init(arch: str | None = None, *, debug: bool = False, verbose: bool = False)
         if got is None:  # pragma: no cover - Taichi itself is broken
             raise RuntimeError("taichi_xray: Taichi failed to start even on the CPU")
     _state["arch"] = got
+    if got == "cpu" and "OMP_WAIT_POLICY" not in os.environ:
+        import taichi_xray
+
+        if taichi_xray._TORCH_WAS_IMPORTED:
+            log.info("taichi_xray: torch was imported before taichi_xray, so its OpenMP threads spin-wait and "
+                     "slow Taichi's CPU kernels down; set OMP_WAIT_POLICY=PASSIVE (or import taichi_xray first)")
     if requested == "auto" or verbose:
         log.info("taichi_xray: running on %s", got)
     return got

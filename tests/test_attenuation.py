@@ -82,14 +82,15 @@ def test_mu_scale():
     assert np.allclose(T, np.exp(-1.5 * mu * 20.0))
 
 
-def test_backward_vs_central_differences():
+@pytest.mark.parametrize("method", ["analytic", "autodiff"])
+def test_backward_vs_central_differences(method):
     rng = np.random.default_rng(2)
     P, H, W, E = 3, 3, 4, 5
     L = rng.uniform(0, 20, (P, H, W))
     mu = rng.uniform(0.01, 0.08, (P, E))
     w = rng.uniform(0.5, 2.0, E)
     g = rng.normal(size=(H, W))
-    gL, gmu, gw = beer_lambert_backward(L, mu, w, g, return_weights_grad=True)
+    gL, gmu, gw = beer_lambert_backward(L, mu, w, g, return_weights_grad=True, method=method, chunk=2)
     assert gL.shape == (P, H, W) and gmu.shape == (P, E) and gL.dtype == np.float64
 
     def loss(L_, mu_, w_):
@@ -110,6 +111,21 @@ def test_backward_vs_central_differences():
         assert gmu[idx] == pytest.approx(fd, rel=1e-6, abs=1e-9)
     fd = (loss(L, mu, w + h * np.eye(E)[1]) - loss(L, mu, w - h * np.eye(E)[1])) / (2 * h)
     assert gw[1] == pytest.approx(fd, rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_taichi_autodiff_and_analytic_backward_agree(dtype):
+    rng = np.random.default_rng(5)
+    L = rng.uniform(0, 30, (4, 17, 13)).astype(dtype)
+    mu = rng.uniform(0.005, 0.08, (4, 23)).astype(dtype)
+    w = rng.uniform(0.1, 2.0, 23).astype(dtype)
+    g = rng.normal(size=(17, 13)).astype(dtype)
+    a = beer_lambert_backward(L, mu, w, g, return_weights_grad=True, method="autodiff")
+    b = beer_lambert_backward(L, mu, w, g, return_weights_grad=True, method="analytic", chunk=5)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    for x, y in zip(a, b):
+        assert x.dtype == y.dtype == dtype
+        np.testing.assert_allclose(x, y, rtol=tol, atol=tol * np.abs(y).max())
 
 
 def test_torch_autograd_function():
