@@ -30,3 +30,10 @@ __all__ = [
     "surface_distances", "landmark_error", "pose_errors", "rotation_error_deg", "target_registration_error",
     "ShapeModel", "SyntheticPopulation", "synthetic_population",
 ]
+
+# registration and landmarks (appended; see docs/registration.md)
+from .landmarks import PELVIS_LANDMARK_NAMES, PelvisLandmarks, pelvis_landmarks  # noqa: E402
+from .register import RegistrationResult, downsample_camera, register, render_posed  # noqa: E402
+
+__all__ += ["register", "RegistrationResult", "downsample_camera", "render_posed",
+            "pelvis_landmarks", "PelvisLandmarks", "PELVIS_LANDMARK_NAMES"]
