@@ -98,7 +98,15 @@ def init(arch: str | None = None, *, debug: bool = False, verbose: bool = False)
         order = [_ARCHES[requested]]
     from taichi.lang.misc import is_arch_supported
 
-    order = [n for n in order if is_arch_supported(getattr(ti, n))]
+    def _available(name: str) -> bool:
+        if name == "cuda":  # ask the loader first: Taichi's own probe prints a warning without a driver
+            import ctypes.util
+
+            if ctypes.util.find_library("cuda") is None:
+                return False
+        return is_arch_supported(getattr(ti, name))
+
+    order = [n for n in order if _available(n)]
     got = None
     why = "is not available here"
     for name in order:
