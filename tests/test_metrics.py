@@ -19,30 +19,7 @@ from taichi_xray.fit.metrics import (
 RNG = np.random.default_rng(42)
 
 
-def icosphere(radius=1.0, subdivisions=2):
-    t = (1 + 5**0.5) / 2
-    v = [[-1, t, 0], [1, t, 0], [-1, -t, 0], [1, -t, 0], [0, -1, t], [0, 1, t], [0, -1, -t], [0, 1, -t],
-         [t, 0, -1], [t, 0, 1], [-t, 0, -1], [-t, 0, 1]]
-    f = [[0, 11, 5], [0, 5, 1], [0, 1, 7], [0, 7, 10], [0, 10, 11], [1, 5, 9], [5, 11, 4], [11, 10, 2],
-         [10, 7, 6], [7, 1, 8], [3, 9, 4], [3, 4, 2], [3, 2, 6], [3, 6, 8], [3, 8, 9], [4, 9, 5], [2, 4, 11],
-         [6, 2, 10], [8, 6, 7], [9, 8, 1]]
-    v = [np.array(x, float) / np.linalg.norm(x) for x in v]
-    for _ in range(subdivisions):
-        cache, nf = {}, []
-
-        def mid(i, j):
-            key = (min(i, j), max(i, j))
-            if key not in cache:
-                m = v[i] + v[j]
-                v.append(m / np.linalg.norm(m))
-                cache[key] = len(v) - 1
-            return cache[key]
-
-        for a, b, c in f:
-            ab, bc, ca = mid(a, b), mid(b, c), mid(c, a)
-            nf += [[a, ab, ca], [b, bc, ab], [c, ca, bc], [ab, bc, ca]]
-        f = nf
-    return np.array(v) * radius, np.array(f, dtype=np.int64)
+from taichi_xray.primitives import icosphere  # noqa: E402
 
 
 def cube(side=10.0):
