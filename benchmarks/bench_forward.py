@@ -9,8 +9,10 @@ wide, square pixels (pixel spacing = 400 mm / resolution). Monochromatic
 
 For every (faces, resolution) cell it measures
 
-* taichi_xray ``tx.rasterize`` in two modes: ``paths`` (``keep_slots=False``:
-  path lengths only) and ``slots`` (``keep_slots=True``: the K-slot buffers the
+* taichi_xray ``tx.rasterize`` in three modes: ``paths`` (``keep_slots=False``:
+  path lengths only, new buffers each call), ``reuse`` (the same into the previous
+  result's buffers, ``out=``: device-resident buffers, no allocation) and ``slots``
+  (``keep_slots=True``: the K-slot buffers the
   backward pass needs). Time = median over ``--repeat`` calls after a first
   call (reported separately: it includes the Taichi kernel compilation for the
   first cell of the process and the mesh check/first-touch allocation for every
@@ -272,8 +274,6 @@ def profile_steps(mesh, cam, keep_slots, repeat):
         camt, minv, src = txr._camera_tensors(cam, dtype, device)
         proj = torch.empty((len(V), 3), dtype=dtype, device=device)
         t0 = tick("camera tensors (cached) + proj alloc", t0)
-        kr.project_vertices(V, camt, proj, real)
-        t0 = tick("kernel project_vertices", t0)
         H, W = cam.height, cam.width
         cap = txr._K_HINT.get((H, W, len(F)), 8) if keep_slots else 0
         L = torch.empty((1, H, W), dtype=dtype, device=device)
@@ -281,21 +281,14 @@ def profile_steps(mesh, cam, keep_slots, repeat):
         count = torch.empty((H, W), dtype=torch.int32, device=device)
         slot_face = torch.empty((H, W, max(cap, 1)), dtype=torch.int32, device=device)
         slot_depth = torch.empty(slot_face.shape, dtype=dtype, device=device)
+        flags = torch.empty((1, H, W), dtype=torch.uint8, device=device)
         status = torch.zeros(kr.ST_UNBALANCED + 1, dtype=torch.int32, device=device)
-        t0 = tick("allocate L/balance/count/slots (empty)", t0)
-        kr.clear(L, balance, count, status)
-        t0 = tick("kernel clear", t0)
-        kr.rasterize_faces(V, F, face_mesh, proj, src, minv, L, balance, count, slot_face, slot_depth, status,
-                           cap, int(keep_slots), real)
-        t0 = tick("kernel rasterize_faces", t0)
-        kr.finish(count, balance, status)
-        t0 = tick("kernel finish (max count, unbalanced)", t0)
+        t0 = tick("allocate buffers (empty)", t0)
+        kr.rasterize_faces(V, F, face_mesh, camt, proj, src, minv, L, balance, count, slot_face, slot_depth, flags,
+                           status, cap, int(keep_slots), real)
+        t0 = tick("kernel rasterize_faces (clear, project, raster, counts: one launch)", t0)
         st = status.cpu().numpy()
         t0 = tick("status -> host", t0)
-        flags = torch.empty((1, H, W), dtype=torch.uint8, device=device)
-        kr.clear_flags(flags)
-        flags = flags.view(torch.bool)
-        t0 = tick("flags", t0)
         steps.setdefault("TOTAL (replica)", []).append(time.perf_counter() - tstart)
         del st
     # full call for reference
@@ -388,7 +381,9 @@ def parse_args(argv=None):
                    help="stop a cell's repeats after this many seconds (at least 3 repeats)")
     p.add_argument("--gvxr", dest="gvxr", action="store_true", default=True)
     p.add_argument("--no-gvxr", dest="gvxr", action="store_false")
-    p.add_argument("--modes", default="paths,slots", help="paths (keep_slots=False), slots (keep_slots=True)")
+    p.add_argument("--modes", default="paths,reuse,slots",
+                   help="paths (keep_slots=False), reuse (paths into the previous result's buffers: out=), "
+                        "slots (keep_slots=True)")
     p.add_argument("--big", action="store_true",
                    help="also run the biggest cells (res >= 2048 with faces >= 1.3M; skipped by default)")
     p.add_argument("--profile", action="store_true",
@@ -417,7 +412,7 @@ def main(argv=None):
         if f not in LEVELS:
             raise ValueError(f"--faces: {f} is not an icosphere face count 20*4**level ({sorted(LEVELS)})")
     for m in modes:
-        if m not in ("paths", "slots"):
+        if m not in ("paths", "reuse", "slots"):
             raise ValueError(f"--modes: unknown mode {m!r} (paths, slots)")
 
     warnings.simplefilter("ignore", tx.MeshWarning)
@@ -479,19 +474,26 @@ def main(argv=None):
                 Lg = gv.path_length(img)
             for m in modes:
                 keep = m == "slots"
+                holder = {}
+
+                def call(keep=keep, m=m, holder=holder):
+                    # "reuse": device-resident buffers, rasterize(..., out=previous result)
+                    holder["r"] = tx.rasterize(mesh, cam, keep_slots=keep,
+                                               out=holder.get("r") if m == "reuse" else None)
+                    return holder["r"]
+
                 base = reset_peak()
-                first, times, r = timed(lambda: tx.rasterize(mesh, cam, keep_slots=keep),
-                                        args.repeat, args.warmup, args.max_seconds)
+                first, times, r = timed(call, args.repeat, args.warmup, args.max_seconds)
                 rss, cuda_peak = peak_delta(base)
                 ms = med_ms(times)
                 row = dict(faces=nf, res=res, mode=m, tx_ms=ms, tx_first_ms=first * 1e3, n=len(times),
                            peak_mb=(cuda_peak if a == "cuda" else rss) / 2**20,
                            raster_mb=raster_bytes(r) / 2**20, K=r.K,
                            tx_min_ms=1e3 * min(times), load=loadavg())
-                if m == "paths":
+                if m in ("paths", "reuse"):
                     tx_paths = ms
                     Lt = r.L[0].detach().cpu().numpy().astype(np.float64)
-                if gv_ms is not None and m == "paths":
+                if gv_ms is not None and m in ("paths", "reuse"):
                     row["gvxr_ms"] = gv_ms
                     row["gvxr_first_ms"] = g_first * 1e3
                     row["ratio"] = gv_ms / ms

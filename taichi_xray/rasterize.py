@@ -26,7 +26,7 @@ Behaviour at the edges of the method:
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -88,6 +88,7 @@ class Raster:
     faces: torch.Tensor | None = None  # (M, 3) int32, global vertex indices
     face_mesh: torch.Tensor | None = None  # (M,) int32
     vertex_offsets: np.ndarray | None = None  # (P + 1,)
+    _buffers: dict | None = field(default=None, repr=False)  # storage reused by rasterize(..., out=self)
 
     @property
     def K(self) -> int:
@@ -207,6 +208,7 @@ def rasterize(
     fix_radius: int = 4,
     vertices: Sequence[torch.Tensor] | None = None,
     deterministic: bool = False,
+    out: Raster | None = None,
 ) -> Raster:
     """Rasterize meshes into per-mesh path-length maps for one camera.
 
@@ -231,6 +233,11 @@ def rasterize(
         face id and summed in that order, instead of accumulated with atomic
         float additions whose order varies between runs. Implies slots are
         kept and K grows as needed (a fixed ``K`` that overflows raises).
+    out : Raster, optional
+        A previous result whose buffers are reused when their shapes, dtypes
+        and device fit (no new allocation, no first-touch page faults): its
+        tensors are overwritten, so do not keep using them. For repeated
+        renders (viewers, benchmarks, optimisation loops).
     """
     runtime.ensure_init()
     if not isinstance(camera, Camera):
@@ -250,8 +257,6 @@ def rasterize(
     V, F, face_mesh, face_off, vert_off = _pack(meshes, dtype, device)
     P, H, W = len(meshes), camera.height, camera.width
     cam, minv, src = _camera_tensors(camera, dtype, device)
-    proj = torch.empty((len(V), 3), dtype=dtype, device=device)
-    kr.project_vertices(V, cam, proj, real)
 
     if deterministic:
         keep_slots = True
@@ -264,17 +269,26 @@ def rasterize(
         cap = int(K)
         if cap < 1:
             raise ValueError(f"K must be a positive integer, got {K}")
-    L = torch.empty((P, H, W), dtype=dtype, device=device)
-    balance = torch.empty((P, H, W), dtype=torch.int32, device=device)
-    count = torch.empty((H, W), dtype=torch.int32, device=device)
-    status = torch.zeros(kr.ST_UNBALANCED + P, dtype=torch.int32, device=device)
+    pool = dict(out._buffers) if (out is not None and out._buffers) else {}
+
+    def buf(name, shape, dt):
+        t = pool.get(name)
+        if t is None or tuple(t.shape) != tuple(shape) or t.dtype != dt or t.device != torch.device(device):
+            t = torch.empty(shape, dtype=dt, device=device)
+            pool[name] = t
+        return t
+
+    proj = buf("proj", (len(V), 3), dtype)
+    L = buf("L", (P, H, W), dtype)
+    balance = buf("balance", (P, H, W), torch.int32)
+    count = buf("count", (H, W), torch.int32)
+    flags = buf("flags", (P, H, W), torch.uint8)
+    status = buf("status", (kr.ST_UNBALANCED + P,), torch.int32)
     for attempt in range(2):
-        slot_face = torch.empty((H, W, max(cap, 1)), dtype=torch.int32, device=device)
-        slot_depth = torch.empty(slot_face.shape, dtype=dtype, device=device)
-        kr.clear(L, balance, count, status)
-        kr.rasterize_faces(V, F, face_mesh, proj, src, minv, L, balance, count, slot_face, slot_depth, status,
-                           cap, int(keep_slots), real)
-        kr.finish(count, balance, status)
+        slot_face = buf("slot_face", (H, W, max(cap, 1)), torch.int32)
+        slot_depth = buf("slot_depth", (H, W, max(cap, 1)), dtype)
+        kr.rasterize_faces(V, F, face_mesh, cam, proj, src, minv, L, balance, count, slot_face, slot_depth, flags,
+                           status, cap, int(keep_slots), real)
         st = status.cpu().numpy()
         if st[kr.ST_STRADDLE]:
             names = _straddling_meshes(proj, F, face_mesh, face_off, meshes)
@@ -307,11 +321,10 @@ def rasterize(
 
     n_fixed = np.zeros(P, dtype=np.int64)
     unbalanced = st[kr.ST_UNBALANCED:].astype(np.int64)
-    flags = torch.empty((P, H, W), dtype=torch.uint8, device=device)
     if fix_unbalanced and unbalanced.any():
-        out = torch.empty_like(L)
-        kr.fill_unbalanced(L, balance, out, flags, int(fix_radius), real)
-        L = out
+        fixed = buf("L_fixed", (P, H, W), dtype)
+        kr.fill_unbalanced(L, balance, fixed, flags, int(fix_radius), real)
+        L = fixed
         n_fixed = unbalanced
         warnings.warn(
             f"{int(n_fixed.sum())} pixels had unbalanced entries/exits (open mesh or edge-on faces) and took a "
@@ -319,12 +332,10 @@ def rasterize(
             MeshWarning,
             stacklevel=2,
         )
-    else:
-        kr.clear_flags(flags)
     flags = flags.view(torch.bool)
     if overflow is not None:
-        flags |= overflow[None]
-    return Raster(L, flags, count, slot_face, slot_depth, face_off, n_fixed, camera, V, F, face_mesh, vert_off)
+        flags = flags | overflow[None]
+    return Raster(L, flags, count, slot_face, slot_depth, face_off, n_fixed, camera, V, F, face_mesh, vert_off, pool)
 
 
 def _straddling_meshes(proj, F, face_mesh, face_off, meshes) -> str:

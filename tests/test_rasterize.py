@@ -251,3 +251,19 @@ def test_random_poses_and_cameras(lao, cran, rot, shift, which):
     assert r.n_fixed.sum() == 0
     assert np.all(r.count.numpy() % 2 == 0)
     assert L.max() > 0
+
+
+def test_out_reuses_buffers_and_gives_the_same_result():
+    m = tx.Mesh(*torus(30.0, 10.0, 32, 16))
+    cam = simple_camera()
+    r1 = tx.rasterize(m, cam)
+    L1 = r1.L.clone()
+    ptr = r1.L.data_ptr()
+    r2 = tx.rasterize(m, cam, out=r1)
+    assert r2.L.data_ptr() == ptr  # storage reused
+    assert torch.equal(r2.L, L1) or torch.allclose(r2.L, L1, atol=1e-5)
+    # a different image size cannot reuse: new buffers, still correct
+    cam2 = simple_camera(24, 20)
+    r3 = tx.rasterize(m, cam2, out=r2)
+    assert r3.L.shape == (1, 20, 24)
+    np.testing.assert_allclose(r3.numpy(), tx.rasterize(m, cam2).numpy(), atol=1e-5)

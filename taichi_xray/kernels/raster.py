@@ -1,4 +1,4 @@
-"""Taichi kernels of the path-length rasterizer (forward).
+"""Taichi kernels of the path-length rasterizer: forward (one fused launch) and backward.
 
 Every kernel takes its arrays as ``ti.types.ndarray()`` (numpy arrays, torch
 tensors or Taichi ndarrays, on any device Taichi can read) and a ``real``
@@ -70,18 +70,6 @@ def _edge(ia: ti.i32, ib: ti.i32, proj: ti.template(), px: ti.template(), py: ti
 
 
 @ti.func
-def _inside(e, dx, dy) -> ti.i32:
-    """Strictly inside, or on the edge and the edge is a top-left edge."""
-    res = 0
-    if e > 0:
-        res = 1
-    elif e == 0:
-        if dy > 0 or (dy == 0 and dx < 0):
-            res = 1
-    return res
-
-
-@ti.func
 def _setup(i0, i1, i2, proj: ti.template(), H, W, real: ti.template()):
     """Cull and bound one projected face.
 
@@ -121,12 +109,36 @@ def _setup(i0, i1, i2, proj: ti.template(), H, W, real: ti.template()):
 
 
 @ti.func
-def _covers(i0, i1, i2, s, proj: ti.template(), px, py) -> ti.i32:
-    """Does the face cover the pixel centre (px, py)? Watertight (see the module docstring)."""
-    ea, dxa, dya = _edge(i1, i2, proj, px, py)
-    eb, dxb, dyb = _edge(i2, i0, proj, px, py)
-    ec, dxc, dyc = _edge(i0, i1, proj, px, py)
-    return _inside(s * ea, s * dxa, s * dya) and _inside(s * eb, s * dxb, s * dyb) and _inside(s * ec, s * dxc, s * dyc)
+def _edge_setup(ia, ib, s, proj: ti.template()):
+    """Per-face constants of the directed edge ia -> ib, hoisted out of the pixel loop.
+
+    Returns (ax, ay, dx, dy, k, tl): the canonical edge (from the lower vertex index
+    to the higher), the factor k = +-s that turns its value into this face's
+    inside-positive value, and whether the edge is top-left for this face. The
+    per-pixel value ``k * (dx * (py - ay) - dy * (px - ax))`` is bit-identical to
+    ``s * _edge(ia, ib, ...)`` (the canonical edge function), so both faces of an edge see exactly opposite values.
+    """
+    lo = ti.min(ia, ib)
+    hi = ti.max(ia, ib)
+    ax = proj[lo, 0]
+    ay = proj[lo, 1]
+    dx = proj[hi, 0] - ax
+    dy = proj[hi, 1] - ay
+    k = s
+    if lo != ia:
+        k = -s
+    tdx = k * dx  # direction of the edge as this face runs it (inside on the left)
+    tdy = k * dy
+    tl = 0
+    if tdy > 0 or (tdy == 0 and tdx < 0):
+        tl = 1
+    return ax, ay, dx, dy, k, tl
+
+
+@ti.func
+def _edge_in(ax, ay, dx, dy, k, tl, px, py) -> ti.i32:
+    e = k * (dx * (py - ay) - dy * (px - ax))
+    return (e > 0) or (e == 0 and tl == 1)
 
 
 @ti.func
@@ -142,7 +154,8 @@ def rasterize_faces(
     V: ti.types.ndarray(),  # (N, 3) world mm
     F: ti.types.ndarray(),  # (M, 3) int32
     face_mesh: ti.types.ndarray(),  # (M,) int32 mesh id of every face
-    proj: ti.types.ndarray(),  # (N, 3) u, v, w from project_vertices
+    cam: ti.types.ndarray(),  # (3, 4) projection matrix
+    proj: ti.types.ndarray(),  # (N, 3) scratch: u, v, w of every vertex
     src: ti.types.ndarray(),  # (3,) source position
     minv: ti.types.ndarray(),  # (3, 3) inverse of P[:, :3]
     L: ti.types.ndarray(),  # (P, H, W) path lengths, accumulated
@@ -150,13 +163,32 @@ def rasterize_faces(
     count: ti.types.ndarray(),  # (H, W) int32, number of covering faces
     slot_face: ti.types.ndarray(),  # (H, W, K) int32
     slot_depth: ti.types.ndarray(),  # (H, W, K) signed depths
-    status: ti.types.ndarray(),  # (4,) int32
+    flags: ti.types.ndarray(),  # (P, H, W) uint8, zeroed here
+    status: ti.types.ndarray(),  # (4 + P,) int32
     K: ti.i32,
     store: ti.i32,
     real: ti.template(),
 ):
+    """One launch for the whole forward pass (a Taichi kernel launch costs ~0.2 ms on the CPU):
+    the top-level loops run in order, each finishing before the next starts."""
     H = L.shape[1]
     W = L.shape[2]
+    for i in range(status.shape[0]):
+        status[i] = 0
+    for p, r, c in ti.ndrange(L.shape[0], H, W):
+        L[p, r, c] = 0
+        balance[p, r, c] = 0
+        flags[p, r, c] = 0
+        if p == 0:
+            count[r, c] = 0
+    for i in range(V.shape[0]):
+        x = ti.cast(V[i, 0], real)
+        y = ti.cast(V[i, 1], real)
+        z = ti.cast(V[i, 2], real)
+        w = cam[2, 0] * x + cam[2, 1] * y + cam[2, 2] * z + cam[2, 3]
+        proj[i, 0] = (cam[0, 0] * x + cam[0, 1] * y + cam[0, 2] * z + cam[0, 3]) / w
+        proj[i, 1] = (cam[1, 0] * x + cam[1, 1] * y + cam[1, 2] * z + cam[1, 3]) / w
+        proj[i, 2] = w
     for f in range(F.shape[0]):
         i0 = F[f, 0]
         i1 = F[f, 1]
@@ -184,11 +216,15 @@ def rasterize_faces(
             nz = e1x * e2y - e1y * e2x
             num = nx * (ax - src[0]) + ny * (ay - src[1]) + nz * (az - src[2])
             m = face_mesh[f]
+            ax0, ay0, dx0, dy0, k0, tl0 = _edge_setup(i1, i2, s, proj)
+            ax1, ay1, dx1, dy1, k1, tl1 = _edge_setup(i2, i0, s, proj)
+            ax2, ay2, dx2, dy2, k2, tl2 = _edge_setup(i0, i1, s, proj)
             for r in range(r0, r1 + 1):
                 py = ti.cast(r, real)
                 for c in range(c0, c1 + 1):
                     px = ti.cast(c, real)
-                    if _covers(i0, i1, i2, s, proj, px, py):
+                    if (_edge_in(ax0, ay0, dx0, dy0, k0, tl0, px, py) and _edge_in(ax1, ay1, dx1, dy1, k1, tl1, px, py)
+                            and _edge_in(ax2, ay2, dx2, dy2, k2, tl2, px, py)):
                         dx, dy, dz = _ray(minv, px, py)
                         nd = nx * dx + ny * dy + nz * dz
                         depth = num / nd * ti.sqrt(dx * dx + dy * dy + dz * dz)
@@ -202,6 +238,11 @@ def rasterize_faces(
                         if store != 0 and k < K:
                             slot_face[r, c, k] = f
                             slot_depth[r, c, k] = depth
+    for r, c in ti.ndrange(H, W):
+        ti.atomic_max(status[ST_MAX_COUNT], count[r, c])
+        for p in range(L.shape[0]):
+            if balance[p, r, c] != 0:
+                ti.atomic_add(status[ST_UNBALANCED + p], 1)
 
 
 @ti.kernel
@@ -242,34 +283,6 @@ def fill_unbalanced(
                                         val = L[p, rr, cc]
                                         found = 1
             out[p, r, c] = val
-
-
-@ti.kernel
-def clear(L: ti.types.ndarray(), balance: ti.types.ndarray(), count: ti.types.ndarray(), status: ti.types.ndarray()):
-    """Zero the accumulators (one kernel instead of several library calls)."""
-    for p, r, c in ti.ndrange(L.shape[0], L.shape[1], L.shape[2]):
-        L[p, r, c] = 0
-        balance[p, r, c] = 0
-        if p == 0:
-            count[r, c] = 0
-    for i in range(status.shape[0]):
-        status[i] = 0
-
-
-@ti.kernel
-def clear_flags(flags: ti.types.ndarray()):
-    for I in ti.grouped(flags):
-        flags[I] = 0
-
-
-@ti.kernel
-def finish(count: ti.types.ndarray(), balance: ti.types.ndarray(), status: ti.types.ndarray()):
-    """Largest coverage count and the number of unbalanced pixels per mesh, into status."""
-    for r, c in ti.ndrange(count.shape[0], count.shape[1]):
-        ti.atomic_max(status[ST_MAX_COUNT], count[r, c])
-        for p in range(balance.shape[0]):
-            if balance[p, r, c] != 0:
-                ti.atomic_add(status[ST_UNBALANCED + p], 1)
 
 
 @ti.func
@@ -362,12 +375,16 @@ def path_length_backward_faces(
         state, s, c0, c1, r0, r1 = _setup(i0, i1, i2, proj, H, W, real)
         if state == 0:
             m = face_mesh[f]
+            ax0, ay0, dx0, dy0, k0, tl0 = _edge_setup(i1, i2, s, proj)
+            ax1, ay1, dx1, dy1, k1, tl1 = _edge_setup(i2, i0, s, proj)
+            ax2, ay2, dx2, dy2, k2, tl2 = _edge_setup(i0, i1, s, proj)
             for r in range(r0, r1 + 1):
                 for c in range(c0, c1 + 1):
                     px = ti.cast(c, real)
                     py = ti.cast(r, real)
                     g = ti.cast(grad_L[m, r, c], real)
-                    if flags[m, r, c] == 0 and g != 0 and _covers(i0, i1, i2, s, proj, px, py):
+                    if flags[m, r, c] == 0 and g != 0 and _edge_in(ax0, ay0, dx0, dy0, k0, tl0, px, py) and _edge_in(
+                            ax1, ay1, dx1, dy1, k1, tl1, px, py) and _edge_in(ax2, ay2, dx2, dy2, k2, tl2, px, py):
                         dx, dy, dz = _ray(minv, px, py)
                         g0, g1, g2 = _depth_grad(V, F, f, src, dx, dy, dz, g, real)
                         acc0 += g0
