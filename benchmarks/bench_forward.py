@@ -284,11 +284,15 @@ def profile_steps(mesh, cam, keep_slots, repeat):
         flags = torch.empty((1, H, W), dtype=torch.uint8, device=device)
         status = torch.zeros(kr.ST_UNBALANCED + 1, dtype=torch.int32, device=device)
         t0 = tick("allocate buffers (empty)", t0)
-        kr.rasterize_faces(V, F, face_mesh, camt, proj, src, minv, L, balance, count, slot_face, slot_depth, flags,
+        for t in (L, balance, count, flags):
+            t.zero_()
+        t0 = tick("zero L/balance/count/flags (torch)", t0)
+        kr.rasterize_faces(V, F, face_mesh, camt, proj, src, minv, L, balance, count, slot_face, slot_depth,
                            status, cap, int(keep_slots), real)
-        t0 = tick("kernel rasterize_faces (clear, project, raster, counts: one launch)", t0)
-        st = status.cpu().numpy()
-        t0 = tick("status -> host", t0)
+        t0 = tick("kernel rasterize_faces (project + raster: one launch)", t0)
+        st = torch.cat([status[: kr.ST_MAX_COUNT], count.max().reshape(1).to(torch.int32),
+                        (balance != 0).sum(dim=(1, 2)).to(torch.int32)]).cpu().numpy()
+        t0 = tick("counters -> host", t0)
         steps.setdefault("TOTAL (replica)", []).append(time.perf_counter() - tstart)
         del st
     # full call for reference

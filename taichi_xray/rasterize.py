@@ -287,9 +287,13 @@ def rasterize(
     for attempt in range(2):
         slot_face = buf("slot_face", (H, W, max(cap, 1)), torch.int32)
         slot_depth = buf("slot_depth", (H, W, max(cap, 1)), dtype)
-        kr.rasterize_faces(V, F, face_mesh, cam, proj, src, minv, L, balance, count, slot_face, slot_depth, flags,
+        for t in (L, balance, count, flags):
+            t.zero_()
+        kr.rasterize_faces(V, F, face_mesh, cam, proj, src, minv, L, balance, count, slot_face, slot_depth,
                            status, cap, int(keep_slots), real)
-        st = status.cpu().numpy()
+        # one device -> host transfer for all the counters
+        st = torch.cat([status[: kr.ST_MAX_COUNT], count.max().reshape(1).to(torch.int32),
+                        (balance != 0).sum(dim=(1, 2)).to(torch.int32)]).cpu().numpy()
         if st[kr.ST_STRADDLE]:
             names = _straddling_meshes(proj, F, face_mesh, face_off, meshes)
             raise GeometryError(
