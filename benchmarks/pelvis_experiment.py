@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Pelvis 2D/3D registration experiment (the paper's Table 1 / Fig. 3, on a real CT).
 
-Data: /work/shared/data/pelvis-ct (TotalSegmentator example CT, 3 mm, with
+Data: ../shared/data/pelvis-ct beside the checkout (TotalSegmentator example CT, 3 mm, with
 labels hip_left 90, hip_right 91, sacrum 92); override with --data. The data are
 never copied into the repository; the script exits with a message if absent.
 
@@ -48,7 +48,7 @@ import time
 
 import numpy as np
 
-DATA = "/work/shared/data/pelvis-ct"
+DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "pelvis-ct"))
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 

@@ -14,7 +14,7 @@ from scipy.ndimage import map_coordinates
 from taichi_xray.camera import Camera
 from taichi_xray.ct import CTVolume, hu_to_materials, labels_to_meshes, nifti_affine_to_lps
 
-DATA = "/work/shared/data/pelvis-ct"
+from conftest import SHARED as DATA  # ../shared/data/pelvis-ct beside the checkout
 
 
 # ------------------------------------------------------------------ helpers

@@ -226,7 +226,7 @@ def test_landmarks_definitions_and_symmetry():
 
 
 @pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED, "labels.nii.gz")),
-                    reason="pelvis CT labels not available (/work/shared/data/pelvis-ct)")
+                    reason="pelvis CT labels not available (../shared/data/pelvis-ct beside the checkout)")
 def test_landmarks_on_real_pelvis():
     from taichi_xray.ct import labels_to_meshes
 
