@@ -224,7 +224,9 @@ class XrayPipeline:
             cam = state.camera(self.scene.camera_spec)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # mesh warnings were given when the scene was loaded
-                self.L = rasterize(self.meshes, cam, keep_slots=False).L
+                # reuse the previous frame's buffers (self.L is read before the next rasterize)
+                self._raster = rasterize(self.meshes, cam, keep_slots=False, out=getattr(self, "_raster", None))
+                self.L = self._raster.L
             self.camera = cam
             self._ray = (torch.as_tensor(cam.ray_lengths(), dtype=self.fdt, device=self.device)
                          if self.air else None)
