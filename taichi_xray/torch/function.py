@@ -22,14 +22,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
 import taichi as ti
 import torch
 
 from .. import runtime
 from ..camera import Camera
 from ..kernels import raster as kr
-from ..rasterize import rasterize
+from ..rasterize import _camera_tensors, rasterize
 
 __all__ = ["path_lengths", "PathLengthFunction"]
 
@@ -67,12 +66,10 @@ class PathLengthFunction(torch.autograd.Function):
         cam = r.camera
         grad_V = torch.zeros_like(r.vertices)
         g = grad_L.detach().to(device=device, dtype=dtype).contiguous()
-        src = torch.tensor(np.array(cam.source), dtype=dtype, device=device)
-        minv = torch.tensor(np.array(cam.M_inv), dtype=dtype, device=device)
+        P, minv, src = _camera_tensors(cam, dtype, device)  # cached on the camera: no copy per call
         flags = r.flags.to(torch.int32).contiguous()
         real = _REAL[dtype]
         if ctx.deterministic:
-            P = torch.tensor(np.array(cam.P), dtype=dtype, device=device)
             proj = torch.empty_like(r.vertices)
             kr.project_vertices(r.vertices, P, proj, real)
             grad_F = torch.empty((len(r.faces), 3, 3), dtype=dtype, device=device)
