@@ -107,15 +107,18 @@ class XRayRenderer(nn.Module):
 
     def _physics(self, L: torch.Tensor, mu_scale) -> torch.Tensor:
         dt = L.dtype
-        excl = self.excl.to(device=L.device, dtype=dt)
+        key = (L.device, dt, self.mu.device, self.mu.data_ptr())
+        cache = self.__dict__.setdefault("_cast_cache", {})
+        if key not in cache:  # cast the float64 buffers once per device and dtype, not per call
+            cache.clear()
+            cache[key] = tuple(b.to(device=L.device, dtype=dt) for b in (self.excl, self.mu, self.weights))
+        excl, mu, w = cache[key]
         L_excl = torch.einsum("pq,qhw->phw", excl, L).contiguous()
-        mu = self.mu.to(device=L.device, dtype=dt)
         if mu_scale is not None:
             mu_scale = torch.as_tensor(mu_scale, dtype=dt, device=L.device)
             if mu_scale.shape != (mu.shape[0],):
                 raise ValueError(f"mu_scale must have shape ({mu.shape[0]},), got {tuple(mu_scale.shape)}")
             mu = mu * mu_scale[:, None]
-        w = self.weights.to(device=L.device, dtype=dt)
         if self.deterministic:
             I = torch.einsum("e,ehw->hw", w, torch.exp(-torch.einsum("pe,phw->ehw", mu, L_excl)))
         else:
