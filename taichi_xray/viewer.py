@@ -684,7 +684,7 @@ def run_offscreen(scene, frames: int, out, size=None, path: str = "lao", start: 
                   controls: bool = True, viewer: Optional[Viewer] = None, **initial) -> dict:
     """Render ``frames`` frames of a scripted camera path with a hidden window.
 
-    Writes into ``out`` (must exist; files are never overwritten: a folder that already
+    Writes into ``out`` (created if missing; files are never overwritten: a folder that already
     holds ``xray_*.png`` is refused): ``xray_NNNN.png`` (the X-ray pane read back
     from the window), ``xray_NNNN.P.txt``, optionally ``xray_NNNN.npy`` and
     ``window_NNNN.png``, and ``frames.json``. Returns the summary written to frames.json
@@ -694,8 +694,9 @@ def run_offscreen(scene, frames: int, out, size=None, path: str = "lao", start: 
     from .imageio import save_png, save_projection_matrix
 
     out = Path(out)
-    if not out.is_dir():
-        raise FileNotFoundError(f"--out directory {out} does not exist")
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is not a directory")
+    out.mkdir(parents=True, exist_ok=True)  # a new folder overwrites nothing
     if any(out.glob("xray_*.png")) or (out / "frames.json").exists():
         raise FileExistsError(f"{out} already holds frames (xray_*.png / frames.json); "
                               "choose an empty --out folder (frames are never overwritten)")
@@ -766,7 +767,7 @@ def add_view_subparser(subparsers):
     v.add_argument("--save-dir", default=".", help="folder for the save key (default: the working directory)")
     v.add_argument("--offscreen", action="store_true", help="no window: render a scripted camera path to --out")
     v.add_argument("--frames", type=int, default=24, help="off-screen: number of frames (default 24)")
-    v.add_argument("--out", help="off-screen: output folder (must exist)")
+    v.add_argument("--out", help="off-screen: output folder (created if missing)")
     v.add_argument("--path", choices=("lao", "cran", "orbit", "still"), default="lao",
                    help="off-screen camera path: LAO sweep (default), CRAN sweep, full orbit, or still")
     v.add_argument("--range", default="-45:45", help="off-screen sweep START:STOP in degrees (default -45:45, "
@@ -775,17 +776,6 @@ def add_view_subparser(subparsers):
     v.add_argument("--npy", action="store_true", help="off-screen: also write the float images (.npy)")
     v.set_defaults(func=main_view)
     return v
-
-
-def _parse_size(text):
-    parts = str(text).lower().split("x")
-    try:
-        w, h = (int(p) for p in parts)
-    except ValueError:
-        raise ValueError(f"--size must be WIDTHxHEIGHT in pixels (e.g. 512x512), got {text!r}") from None
-    if w <= 0 or h <= 0:
-        raise ValueError(f"--size must be positive, got {text!r}")
-    return w, h
 
 
 def main_view(args) -> int:
@@ -797,11 +787,11 @@ def main_view(args) -> int:
 
     if args.offscreen:
         if not args.out:
-            raise ValueError("--offscreen needs --out DIR (an existing folder for the frames)")
+            raise ValueError("--offscreen needs --out DIR (a folder for the frames; created if missing)")
         if args.frames < 1:
             raise ValueError(f"--frames must be >= 1, got {args.frames}")
-        if not Path(args.out).is_dir():
-            raise FileNotFoundError(f"--out directory {args.out} does not exist")
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise NotADirectoryError(f"--out {args.out} is not a directory")
     try:
         a, b = (float(x) for x in str(args.range).split(":"))
     except ValueError:
@@ -811,7 +801,9 @@ def main_view(args) -> int:
         print(f"taichi-xray: error: {VULKAN_HINT} ({why})", file=sys.stderr)
         return EXIT_NO_VULKAN
     scene = load_scene(args.scene)
-    size = _parse_size(args.size) if args.size else None
+    from .cli import parse_size
+
+    size = parse_size(args.size) if args.size else None
     initial = {"lao": args.lao, "cran": args.cran, "kvp": args.kvp}
     use_arch(args.arch)
     try:

@@ -50,26 +50,6 @@ def project_vertices(
 
 
 @ti.func
-def _edge(ia: ti.i32, ib: ti.i32, proj: ti.template(), px: ti.template(), py: ti.template()):
-    """Edge function of the directed edge ia -> ib at (px, py), exactly antisymmetric.
-
-    Returns (value, dx, dy) where (dx, dy) is the edge direction ib - ia.
-    """
-    lo = ti.min(ia, ib)
-    hi = ti.max(ia, ib)
-    ax = proj[lo, 0]
-    ay = proj[lo, 1]
-    dx = proj[hi, 0] - ax
-    dy = proj[hi, 1] - ay
-    e = dx * (py - ay) - dy * (px - ax)
-    if lo != ia:
-        e = -e
-        dx = -dx
-        dy = -dy
-    return e, dx, dy
-
-
-@ti.func
 def _setup(i0, i1, i2, proj: ti.template(), H, W, real: ti.template()):
     """Cull and bound one projected face.
 
@@ -89,7 +69,8 @@ def _setup(i0, i1, i2, proj: ti.template(), H, W, real: ti.template()):
         state = 2
     else:
         # orientation of the projected triangle, from the canonical edge function
-        a2, _, _ = _edge(i1, i2, proj, proj[i0, 0], proj[i0, 1])
+        ax, ay, dx, dy, k, _ = _edge_setup(i1, i2, ti.cast(1, real), proj)
+        a2 = _edge_value(ax, ay, dx, dy, k, proj[i0, 0], proj[i0, 1])
         if a2 == 0:
             state = 3
         else:
@@ -115,8 +96,8 @@ def _edge_setup(ia, ib, s, proj: ti.template()):
     Returns (ax, ay, dx, dy, k, tl): the canonical edge (from the lower vertex index
     to the higher), the factor k = +-s that turns its value into this face's
     inside-positive value, and whether the edge is top-left for this face. The
-    per-pixel value ``k * (dx * (py - ay) - dy * (px - ax))`` is bit-identical to
-    ``s * _edge(ia, ib, ...)`` (the canonical edge function), so both faces of an edge see exactly opposite values.
+    per-pixel value ``k * (dx * (py - ay) - dy * (px - ax))`` is computed from the same
+    canonical operands by both faces of an edge, so they see exactly opposite values.
     """
     lo = ti.min(ia, ib)
     hi = ti.max(ia, ib)
@@ -136,8 +117,14 @@ def _edge_setup(ia, ib, s, proj: ti.template()):
 
 
 @ti.func
+def _edge_value(ax, ay, dx, dy, k, px, py):
+    """The edge function at (px, py), same arithmetic for both faces of an edge."""
+    return k * (dx * (py - ay) - dy * (px - ax))
+
+
+@ti.func
 def _edge_in(ax, ay, dx, dy, k, tl, px, py) -> ti.i32:
-    e = k * (dx * (py - ay) - dy * (px - ax))
+    e = _edge_value(ax, ay, dx, dy, k, px, py)
     return (e > 0) or (e == 0 and tl == 1)
 
 
