@@ -103,14 +103,27 @@ class Camera:
             object.__setattr__(self, "pixel_spacing", _positive_mm("pixel_spacing", self.pixel_spacing))
 
     @classmethod
-    def from_projection_matrix(cls, P, width: int, height: int, pixel_spacing: float | None = None) -> "Camera":
+    def from_projection_matrix(cls, P, width: int, height: int, pixel_spacing: float | None = None,
+                               front=None) -> "Camera":
         """Camera from a 3x4 projection matrix (world mm -> pixels, OpenCV convention).
 
-        ``P`` may carry any positive scale; a negative overall scale (points in
-        front with ``w < 0``) cannot be told apart from a camera looking the
-        other way, so ``P`` must be given with ``w > 0`` in front.
+        ``P`` is defined up to scale, and calibration tools hand it over with either
+        sign: ``P`` and ``-P`` send every point to the same pixel but put opposite
+        half-spaces in front of the source (``w > 0``). Give ``front`` (points (N, 3) that
+        must lie in front, e.g. the scene's vertices or its centre) to normalise the sign:
+        if they all have ``w < 0``, ``-P`` is used. Without ``front`` the sign is taken as
+        given; the :class:`~taichi_xray.pipeline.Pipeline` normalises it against the scene.
         """
-        return cls(np.array(_as_matrix("P", P, (3, 4)), copy=True), width, height, pixel_spacing)
+        cam = cls(np.array(_as_matrix("P", P, (3, 4)), copy=True), width, height, pixel_spacing)
+        if front is not None:
+            _, w = cam.project(np.atleast_2d(np.asarray(front, dtype=np.float64)))
+            if np.all(w < 0):
+                cam = cam.flipped()
+        return cam
+
+    def flipped(self) -> "Camera":
+        """The camera with ``-P``: the same pixel of every point, the other half-space in front."""
+        return type(self)(-np.asarray(self.P), self.width, self.height, self.pixel_spacing)
 
     @classmethod
     def from_intrinsics(cls, K, R, t, width: int, height: int, pixel_spacing: float | None = None) -> "Camera":

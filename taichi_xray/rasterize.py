@@ -1,27 +1,33 @@
-"""Path-length rasterization: meshes + camera -> per-mesh path-length maps.
+"""Path-length rasterization: meshes + cameras -> channel images (path lengths).
 
-:func:`rasterize` runs the Taichi kernels of :mod:`taichi_xray.kernels.raster`
-and returns a :class:`Raster` holding the path lengths and the per-pixel
-K-slot buffers (face ids and signed depths) that the backward pass and the
-debugging views read. :func:`path_length` is the short numpy entry point.
+:class:`Rasterizer` keeps the faces, their channel weights, the cameras and the
+work buffers on the kernels' device and runs the Taichi kernels of
+:mod:`taichi_xray.kernels.raster` in one launch per call (all views and poses
+together). It is what the :class:`~taichi_xray.pipeline.Pipeline`, the torch
+bridge and the viewer use. :func:`rasterize` (per-object path lengths for one
+camera, returned as a :class:`Raster`) and :func:`path_length` (numpy) are the
+short entry points.
 
 Behaviour at the edges of the method:
 
-* K overflow: with ``K=None`` (default) the slot capacity grows to the
-  largest number of faces covering one pixel (the kernel reruns once), so
-  nothing is dropped. With a fixed ``K`` the path lengths stay exact (they
-  are accumulated separately) but slots beyond K are dropped; this warns
-  (:class:`KOverflowWarning`) with the number of pixels affected and those
-  pixels are flagged.
-* Open meshes: a pixel whose entries and exits do not balance takes the path
-  length of the nearest balanced pixel (within ``fix_radius``) and is flagged
-  in ``Raster.flags``; the backward pass gives it zero gradient. Their number
-  is in ``Raster.n_fixed`` and a :class:`~taichi_xray.mesh.MeshWarning`
-  reports them.
+* Orientation: every mesh is checked by its signed volume; a closed mesh whose
+  faces point inward is reoriented with a :class:`~taichi_xray.mesh.MeshWarning`
+  (whatever form it came in: Mesh, (vertices, faces) arrays, torch tensors).
+* K overflow: with ``K=None`` (default) the slot capacity grows to the largest
+  number of faces covering one pixel (the kernel reruns once) and never shrinks
+  within a :class:`Rasterizer`, so nothing is dropped. With a fixed ``K`` the
+  path lengths stay exact (they are accumulated separately) but slots beyond K
+  are dropped; this warns (:class:`KOverflowWarning`) with the number of pixels
+  affected and those pixels are flagged (no gradient).
+* Open meshes: a pixel whose entries and exits through an open mesh do not
+  balance takes the values of the nearest balanced pixel (within ``fix_radius``)
+  and is flagged; the backward pass gives it zero gradient; a
+  :class:`~taichi_xray.mesh.MeshWarning` gives their number.
 * Faces entirely behind the source (``w <= 0`` at all three vertices) are
-  culled: the rays start at the source and go toward the detector. A face
-  crossing the plane through the source parallel to the detector cannot be
-  projected; :func:`rasterize` raises :class:`GeometryError` naming the mesh.
+  culled; an object with *every* face behind the source raises
+  :class:`GeometryError` naming it (an all-zero image is never returned in
+  silence). A face crossing the plane through the source parallel to the
+  detector cannot be projected: :class:`GeometryError` names its object.
 """
 from __future__ import annotations
 
@@ -36,13 +42,15 @@ import torch
 from . import runtime
 from .camera import Camera
 from .kernels import raster as kr
+from .kernels.launch import LaunchCache
 from .mesh import Mesh, MeshWarning
 
-__all__ = ["Raster", "rasterize", "path_length", "GeometryError", "KOverflowWarning"]
+__all__ = ["Raster", "Rasterizer", "RasterState", "rasterize", "path_length", "GeometryError",
+           "KOverflowWarning", "pack_cameras", "prepare_mesh"]
 
 
 class GeometryError(ValueError):
-    """The scene cannot be projected (a mesh crosses the source plane)."""
+    """The scene cannot be projected (a mesh crosses the source plane, or lies behind the source)."""
 
 
 class KOverflowWarning(RuntimeWarning):
@@ -50,8 +58,419 @@ class KOverflowWarning(RuntimeWarning):
 
 
 _REAL = {torch.float32: ti.f32, torch.float64: ti.f64}
+# above this many vertices x instances, project every vertex once in a first loop (a vertex is
+# shared by ~6 faces) instead of projecting each face's corners (one parallel loop less)
+PREPROJECT_VERTICES = 20000
 
 
+# ----------------------------------------------------------------------------------------
+# input checks (once per mesh)
+# ----------------------------------------------------------------------------------------
+def _signed_volume(V: np.ndarray, F: np.ndarray) -> float:
+    v = V[F]
+    return float(np.einsum("ij,ij->i", v[:, 0], np.cross(v[:, 1], v[:, 2])).sum() / 6.0)
+
+
+def prepare_mesh(m, name: str, stacklevel: int = 3):
+    """Validate one mesh and orient it outward: returns (vertices (N, 3) float64, faces (M, 3)
+    int32, watertight: bool).
+
+    ``m`` is a :class:`Mesh` or a ``(vertices, faces)`` pair of numpy arrays or torch
+    tensors. A closed mesh with negative signed volume (inward normals) is reoriented
+    with a :class:`MeshWarning` naming it; a mesh that is not watertight warns (its
+    unbalanced pixels are filled from neighbours and flagged). Results for a Mesh are
+    cached on it.
+    """
+    if isinstance(m, Mesh):
+        cache = m.__dict__.setdefault("_tx_prepared", {})
+        if "v" not in cache:
+            rep = m.check()
+            src = m
+            if rep.watertight and not rep.outward:
+                src = m.oriented()  # warns, keeps cavities
+            elif not rep.watertight:
+                warnings.warn(f"{m!r} is not watertight ({'; '.join(rep.problems())}); unbalanced pixels take a "
+                              "neighbour's value and are flagged", MeshWarning, stacklevel=stacklevel)
+            cache["v"] = (np.asarray(src.vertices, np.float64), np.ascontiguousarray(src.faces, np.int32),
+                          rep.watertight)
+        return cache["v"]
+    try:
+        V, F = m
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a Mesh or a (vertices, faces) pair") from None
+    V = _np(V, name, "vertices")
+    F = _np(F, name, "faces")
+    if V.ndim != 2 or V.shape[1] != 3:
+        raise ValueError(f"{name}: vertices must have shape (N, 3), got {V.shape}")
+    if not np.issubdtype(V.dtype, np.floating):
+        raise TypeError(f"{name}: vertices must be floating point, got {V.dtype}")
+    if not np.isfinite(V).all():
+        raise ValueError(f"{name}: vertices contain NaN or inf")
+    if F.ndim != 2 or F.shape[1] != 3 or not np.issubdtype(F.dtype, np.integer):
+        raise ValueError(f"{name}: faces must be an integer array of shape (M, 3), got {F.dtype} {F.shape}")
+    if len(F) == 0:
+        raise ValueError(f"{name}: no faces")
+    if F.min() < 0 or F.max() >= len(V):
+        raise ValueError(f"{name}: face indices out of range [0, {len(V) - 1}]")
+    mesh = Mesh(V, F, name)
+    rep = mesh.check()
+    F = np.ascontiguousarray(F, np.int32)
+    if rep.watertight and not rep.outward:
+        if rep.consistent and _signed_volume(mesh.vertices, F) < 0:
+            F = np.ascontiguousarray(F[:, ::-1])
+            warnings.warn(f"{name}: faces point inward (negative signed volume); reversed them to point outward",
+                          MeshWarning, stacklevel=stacklevel)
+        else:
+            F = np.ascontiguousarray(mesh.oriented().faces, np.int32)  # warns
+    elif not rep.watertight:
+        warnings.warn(f"{name} is not watertight ({'; '.join(rep.problems())}); unbalanced pixels take a "
+                      "neighbour's value and are flagged", MeshWarning, stacklevel=stacklevel)
+    return np.asarray(V, np.float64), F, rep.watertight
+
+
+def _np(a, name, what):
+    if isinstance(a, torch.Tensor):
+        return a.detach().cpu().numpy()
+    try:
+        return np.asarray(a)
+    except Exception:
+        raise TypeError(f"{name}: {what} must be an array") from None
+
+
+def pack_cameras(cams: Sequence[Camera], dtype, device) -> torch.Tensor:
+    """(n, CAM_WIDTH) rows: P (12), M^-1 (9), source (3), sign(det M); cached per camera."""
+    rows = []
+    for c in cams:
+        key = "_tx_row"
+        if key not in c._cache:
+            M = c.P[:, :3]
+            c._cache[key] = np.concatenate([c.P.reshape(-1), c.M_inv.reshape(-1), c.source,
+                                            [np.sign(np.linalg.det(M))]])
+        rows.append(c._cache[key])
+    return torch.as_tensor(np.stack(rows), dtype=dtype, device=device).contiguous()
+
+
+# ----------------------------------------------------------------------------------------
+# the rasterizer
+# ----------------------------------------------------------------------------------------
+@dataclass
+class RasterState:
+    """One forward pass of a :class:`Rasterizer` (tensors on the kernels' device).
+
+    L : (I, C, H, W) channel images (mm, or mm x weight) per instance.
+    flags : (I, H, W) bool, True where a pixel was filled from a neighbour (open mesh)
+        or its slots overflowed; such pixels get no gradient.
+    count : (I, H, W) int32 faces covering each pixel (when slots were kept).
+    slot_face, slot_depth : (I, H, W, K) face id and signed depth (mm) of each slot.
+    n_fixed : (I, B) numpy, pixels filled from neighbours per instance and open mesh.
+    K : slot capacity (0 without slots). V : (S, N, 3) the vertices rasterized.
+    ref : (I, 4) the reference point and depth the channel sums were measured from (see the kernel).
+    """
+
+    L: torch.Tensor
+    flags: torch.Tensor
+    count: torch.Tensor | None
+    slot_face: torch.Tensor | None
+    slot_depth: torch.Tensor | None
+    n_fixed: np.ndarray
+    K: int
+    V: torch.Tensor
+    ref: torch.Tensor | None = None
+
+
+class Rasterizer:
+    """Faces, channel weights, cameras and buffers kept on the kernels' device.
+
+    Parameters
+    ----------
+    faces : (M, 3) int array of global vertex indices (all objects concatenated).
+    face_obj : (M,) int object of every face (0 .. P-1).
+    face_ch, face_w : (M, J) channel index (-1 = none) and weight of each face's terms.
+    n_channels : C, the number of channel images.
+    cameras : cameras of one detector size.
+    instances : (I, 2) int (vertex set, camera) pairs; default: vertex set 0 in every camera.
+    open_objects : object indices whose meshes are not watertight (their balance is tracked).
+    names : P object names (messages).
+    dtype : torch.float32 or torch.float64, precision of the kernels and the outputs.
+    K : slot capacity; None grows it as needed (never shrinks).
+    """
+
+    def __init__(self, faces, face_obj, face_ch, face_w, n_channels: int, cameras, instances=None,
+                 open_objects=(), names=None, dtype=torch.float32, K: int | None = None,
+                 deterministic: bool = False, fix_radius: int = 4):
+        runtime.ensure_init()
+        if dtype not in _REAL:
+            raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        self.device = runtime.torch_device()
+        self.dtype = dtype
+        self.real = _REAL[dtype]
+        self.F = torch.as_tensor(np.ascontiguousarray(faces, np.int32), device=self.device).contiguous()
+        self.face_obj = torch.as_tensor(np.ascontiguousarray(face_obj, np.int32), device=self.device).contiguous()
+        self.P = int(self.face_obj.max()) + 1 if len(self.face_obj) else 0
+        self.names = list(names) if names is not None else [f"object {p}" for p in range(self.P)]
+        self.faces_per_object = np.bincount(np.asarray(face_obj), minlength=self.P)
+        self.C = int(n_channels)
+        self.set_weights(face_ch, face_w)
+        self.open_objects = sorted(set(int(o) for o in open_objects))
+        self._set_balance(self.open_objects)
+        self.K_fixed = None if K is None else int(K)
+        if self.K_fixed is not None and self.K_fixed < 1:
+            raise ValueError(f"K must be a positive integer, got {K}")
+        self.K = self.K_fixed or 8
+        self.deterministic = bool(deterministic)
+        self.fix_radius = int(fix_radius)
+        self._launch = LaunchCache()
+        self._bufs: dict = {}
+        self._gen: dict = {}
+        self.set_cameras(cameras, instances)
+
+    def generation(self, tag: str = "") -> int:
+        """How many forward passes have written the buffers of ``tag`` (a state whose
+        generation is older has been overwritten)."""
+        return self._gen.get(tag, 0)
+
+    # ------------------------------------------------------------------ configuration
+    def set_weights(self, face_ch, face_w) -> None:
+        ch = torch.as_tensor(np.asarray(face_ch) if not isinstance(face_ch, torch.Tensor) else face_ch)
+        w = torch.as_tensor(np.asarray(face_w) if not isinstance(face_w, torch.Tensor) else face_w)
+        if ch.ndim != 2 or ch.shape[0] != len(self.F) or tuple(w.shape) != tuple(ch.shape):
+            raise ValueError(f"face_ch and face_w must both have shape (M={len(self.F)}, J), got "
+                             f"{tuple(ch.shape)} and {tuple(w.shape)}")
+        if len(ch) and (int(ch.max()) >= self.C or int(ch.min()) < -1):
+            raise ValueError(f"face channels must lie in [-1, {self.C - 1}]")
+        self.J = int(ch.shape[1])
+        self.face_ch = ch.to(device=self.device, dtype=torch.int32).contiguous()
+        self.face_w = w.to(device=self.device, dtype=self.dtype).contiguous()
+
+    def _set_balance(self, objs) -> None:
+        fb = np.full(self.P, -1, np.int32)
+        for b, o in enumerate(objs):
+            fb[o] = b
+        self.n_bal = len(objs)
+        self.face_bal = torch.as_tensor(fb, device=self.device)[self.face_obj.long()].contiguous()
+
+    def set_cameras(self, cameras, instances=None) -> None:
+        cams = [cameras] if isinstance(cameras, Camera) else list(cameras)
+        if not cams:
+            raise ValueError("no cameras given")
+        for c in cams:
+            if not isinstance(c, Camera):
+                raise TypeError(f"cameras must be taichi_xray.Camera objects, got {type(c).__name__}")
+        if len({(c.height, c.width) for c in cams}) != 1:
+            raise ValueError("all cameras of one rasterizer must have the same detector size")
+        self.cameras = cams
+        self.H, self.W = cams[0].height, cams[0].width
+        self.cam = pack_cameras(cams, self.dtype, self.device)
+        if instances is None:
+            instances = [(0, c) for c in range(len(cams))]
+        inst = np.asarray(instances, dtype=np.int32).reshape(-1, 2)
+        if len(inst) == 0 or inst[:, 1].min() < 0 or inst[:, 1].max() >= len(cams) or inst[:, 0].min() < 0:
+            raise ValueError(f"instances must be (vertex set >= 0, camera in [0, {len(cams)})) pairs")
+        self.inst_np = inst
+        self.inst = torch.as_tensor(inst, device=self.device).contiguous()
+        self.S = int(inst[:, 0].max()) + 1
+
+    # ------------------------------------------------------------------ buffers
+    def _buf(self, name, shape, dtype, zero=False):
+        t = self._bufs.get(name)
+        if t is None or tuple(t.shape) != tuple(shape) or t.dtype != dtype:
+            t = torch.zeros(shape, dtype=dtype, device=self.device) if zero else \
+                torch.empty(shape, dtype=dtype, device=self.device)
+            self._bufs[name] = t
+        elif zero:
+            t.zero_()
+        return t
+
+    def _dummy(self, ndim, dtype):
+        return self._buf(f"dummy{ndim}{dtype}", (1,) * ndim, dtype)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, V: torch.Tensor, keep_slots: bool = True, check_balance: bool = False,
+                fix_unbalanced: bool = True, buffer_tag: str = "") -> RasterState:
+        """Rasterize vertex sets V (S, N, 3) (float of the rasterizer's dtype, contiguous, on
+        its device) into (I, C, H, W) channel images.
+
+        keep_slots : store (face, signed depth) per covering face (needed by backward and
+            the nesting check). check_balance : track entries/exits of every object (not
+            only open ones): a closed mesh must give none unbalanced (tests).
+        buffer_tag : outputs of calls with different tags do not share storage (a result
+            is overwritten by the next call with the same tag).
+        """
+        if V.ndim != 3 or V.shape[2] != 3 or V.shape[0] < self.S:
+            raise ValueError(f"vertices must have shape (S>={self.S}, N, 3), got {tuple(V.shape)}")
+        if V.dtype != self.dtype or not V.is_contiguous():
+            raise ValueError(f"vertices must be contiguous {self.dtype}")
+        if len(self.F) and int(self.F.max()) >= V.shape[1]:
+            raise ValueError(f"faces index {int(self.F.max())} but there are {V.shape[1]} vertices")
+        I, C, H, W = len(self.inst_np), self.C, self.H, self.W
+        self._gen[buffer_tag] = self._gen.get(buffer_tag, 0) + 1
+        store = bool(keep_slots or self.deterministic)
+        bal_objs = list(range(self.P)) if check_balance else self.open_objects
+        if bal_objs != self.open_objects or check_balance != getattr(self, "_bal_all", False):
+            self._set_balance(bal_objs)
+            self._bal_all = check_balance
+        track = self.n_bal > 0
+        t = buffer_tag
+        status = self._buf("status", (I, kr.N_STATUS, max(self.P, 1)), torch.int32)
+        ref = self._reference(V, t)
+        balance = self._buf(t + "balance", (I, self.n_bal, H, W), torch.int32) if track else self._dummy(4, torch.int32)
+        for attempt in range(2):
+            L = self._buf(t + "L", (I, C, H, W), self.dtype)
+            L.zero_()
+            status.zero_()
+            if store:
+                count = self._buf(t + "count", (I, H, W), torch.int32)
+                count.zero_()
+                sf = self._buf(t + "slot_face", (I, H, W, self.K), torch.int32)
+                sd = self._buf(t + "slot_depth", (I, H, W, self.K), self.dtype)
+            else:
+                count, sf, sd = self._dummy(3, torch.int32), self._dummy(4, torch.int32), self._dummy(4, self.dtype)
+            if track:
+                balance.zero_()
+            pre = V.shape[1] * I >= PREPROJECT_VERTICES
+            proj = self._buf("proj", (I, V.shape[1], 4), self.dtype) if pre else self._dummy(3, self.dtype)
+            self._launch(t + "fwd", kr.raster_forward, V, self.F, self.face_obj, self.face_ch, self.face_w,
+                         self.face_bal, self.inst, self.cam, ref, proj, L, count, sf, sd, balance, status, self.J,
+                         int(store), int(track), int(pre), self.real)
+            # one device -> host transfer for all the counters
+            parts = [status.reshape(-1)]
+            if store:
+                parts.append(count.amax().reshape(1))
+            host = torch.cat(parts).cpu().numpy()
+            st = host[: status.numel()].reshape(status.shape)
+            self._check_status(st)
+            need = int(host[-1]) if store else 0
+            if not store or need <= self.K or self.K_fixed is not None:
+                break
+            self.K = need  # grow (never shrinks) and run again
+        flags = self._buf(t + "flags", (I, H, W), torch.bool)
+        flags.zero_()
+        n_fixed = np.zeros((I, max(self.n_bal, 0)), dtype=np.int64)
+        if track:
+            badb = balance != 0  # (I, B, H, W)
+            n_fixed = badb.sum(dim=(2, 3)).cpu().numpy().astype(np.int64)
+            if n_fixed.any():
+                bad = badb.any(dim=1)
+                if fix_unbalanced:
+                    fixed = self._buf(t + "L_fixed", (I, C, H, W), self.dtype)
+                    self._launch(t + "fill", kr.fill_unbalanced, L, bad.to(torch.uint8).contiguous(), fixed,
+                                 self.fix_radius)
+                    L = fixed
+                flags |= bad
+        if self.deterministic:
+            if need > self.K:
+                raise ValueError(f"deterministic=True needs every crossing in a slot: K={self.K} but {need} faces "
+                                 "cover a pixel")
+            self._launch(t + "sum", kr.sum_slots_sorted, count, sf, sd, self.face_ch, self.face_w, self.inst, self.cam,
+                         ref, L, self.J, self.real)
+        if store and need > self.K:
+            over = count > self.K
+            flags |= over
+            warnings.warn(f"K={self.K} slots overflowed on {int(over.sum())} pixels (up to {need} faces cover a "
+                          "pixel); path lengths stay exact, but those pixels are flagged and get no gradient. "
+                          "Use K=None to grow K.", KOverflowWarning, stacklevel=3)
+        if not store:
+            count = sf = sd = None
+        return RasterState(L, flags, count, sf, sd, n_fixed, self.K if store else 0, V, ref)
+
+    def _reference(self, V: torch.Tensor, tag: str) -> torch.Tensor:
+        """(I, 4): per instance, the centre c of its vertex set's bounds and its depth w0 in the
+        instance's camera (the reference the channel sums are measured from)."""
+        centre = 0.5 * (V.amin(dim=1) + V.amax(dim=1))[self.inst[:, 0].long()]  # (I, 3)
+        row = self.cam[self.inst[:, 1].long(), 8:12]  # P[2]
+        out = self._buf(tag + "ref", (len(self.inst_np), 4), self.dtype)
+        out[:, :3] = centre
+        out[:, 3] = (row[:, :3] * centre).sum(1) + row[:, 3]
+        return out
+
+    def _check_status(self, st: np.ndarray) -> None:
+        strad = st[:, kr.ST_STRADDLE].sum(0)
+        if strad.any():
+            who = ", ".join(f"'{self.names[p]}' ({int(strad[p])} faces)" for p in np.flatnonzero(strad))
+            raise GeometryError(f"faces cross the plane through the X-ray source parallel to the detector: {who}; "
+                                "the source must lie outside every object and in front of none of its faces")
+        behind = st[:, kr.ST_BEHIND]  # (I, P)
+        allb = behind == self.faces_per_object[None, :]
+        allb &= self.faces_per_object[None, :] > 0
+        if allb.any():
+            i, p = np.argwhere(allb)[0]
+            view = f" in view {int(self.inst_np[i, 1])}" if len(self.cameras) > 1 else ""
+            raise GeometryError(f"object '{self.names[p]}' lies entirely behind the X-ray source{view} (every face "
+                                "has w <= 0): check the camera (a projection matrix given with the opposite sign "
+                                "sees the scene behind it) and the object's position")
+
+    # ------------------------------------------------------------------ backward
+    def backward(self, state: RasterState, grad_L: torch.Tensor, grad_sd: torch.Tensor | None = None,
+                 want_w: bool = False, grad_V: torch.Tensor | None = None):
+        """Vector-Jacobian product of :meth:`forward`.
+
+        grad_L : (I, C, H, W) dC/dL. grad_sd : optional (I, H, W, K) extra gradient per slot's
+        signed depth (e.g. from a volume projector). Returns (grad_V (S, N, 3), grad_w (M, J)
+        or None); grad_V accumulates into the given tensor when one is passed.
+        """
+        if state.K == 0:
+            raise RuntimeError("the forward pass kept no slots (keep_slots=False or under no_grad): it cannot be "
+                               "differentiated")
+        V = state.V
+        g = grad_L.detach().to(device=self.device, dtype=self.dtype).contiguous()
+        if tuple(g.shape) != tuple(state.L.shape):
+            raise ValueError(f"grad_L must have shape {tuple(state.L.shape)}, got {tuple(g.shape)}")
+        if grad_V is None:
+            grad_V = torch.zeros_like(V)
+        flags = state.flags.view(torch.uint8)
+        grad_w = torch.zeros_like(self.face_w) if want_w else self._dummy(2, self.dtype)
+        if self.deterministic and grad_sd is None:
+            I = len(self.inst_np)
+            grad_F = self._buf("grad_F", (I, len(self.F), 3, 3), self.dtype)
+            gwF = self._buf("grad_wF", (I, len(self.F), self.J), self.dtype) if want_w else self._dummy(3, self.dtype)
+            self._launch("bwd_faces", kr.raster_backward_faces, V, self.F, self.face_ch, self.face_w, self.inst,
+                         self.cam, state.ref, flags, g, grad_F, gwF, self.J, int(want_w), self.real)
+            ptr, corners = self._corners(V.shape[1])
+            self._launch("gather", kr.gather_vertex_grad, ptr, corners, self.inst, grad_F, grad_V)
+            if want_w:
+                grad_w = gwF.sum(0)
+        else:
+            gsd = grad_sd.detach().to(device=self.device, dtype=self.dtype).contiguous() if grad_sd is not None \
+                else self._dummy(4, self.dtype)
+            self._launch("bwd", kr.raster_backward, V, self.F, self.face_ch, self.face_w, self.inst, self.cam,
+                         state.ref, state.count, state.slot_face, state.slot_depth, flags, g, gsd, grad_V, grad_w, self.J,
+                         int(grad_sd is not None), int(want_w), self.real)
+        return grad_V, (grad_w if want_w else None)
+
+    def _corners(self, n_vertices: int):
+        key = ("corners", n_vertices)
+        if key not in self._bufs:
+            flat = self.F.reshape(-1).long()
+            corners = torch.argsort(flat, stable=True)
+            counts = torch.bincount(flat, minlength=n_vertices)
+            ptr = torch.zeros(n_vertices + 1, dtype=torch.int64, device=self.device)
+            ptr[1:] = torch.cumsum(counts, 0)
+            self._bufs[key] = (ptr.to(torch.int32).contiguous(), corners.to(torch.int32).contiguous())
+        return self._bufs[key]
+
+    # ------------------------------------------------------------------ nesting
+    def nesting_conflicts(self, state: RasterState, parents, tol_mm: float = 0.05) -> np.ndarray:
+        """(P, P) int64: [a, b] pixels where object a breaks the nesting against b (b = a:
+        a lies outside its parent). Sorts the state's slots by depth (in place)."""
+        if state.K == 0:
+            raise RuntimeError("the nesting check needs the slots (keep_slots=True)")
+        par = np.asarray(parents, dtype=np.int32)
+        level = np.zeros(len(par), dtype=np.int32)
+        for p in range(len(par)):
+            q, d = par[p], 0
+            while q >= 0:
+                q, d = par[q], d + 1
+            level[p] = d
+        conf = torch.zeros((self.P, self.P), dtype=torch.int32, device=self.device)
+        self._launch("nest", kr.check_nesting, state.count, state.slot_face, state.slot_depth, self.face_obj,
+                     torch.as_tensor(par, device=self.device), torch.as_tensor(level, device=self.device), conf,
+                     float(tol_mm))
+        return conf.cpu().numpy().astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------
+# functional API: per-object path lengths for one camera
+# ----------------------------------------------------------------------------------------
 @dataclass
 class Raster:
     """Output of :func:`rasterize` for one camera.
@@ -62,7 +481,8 @@ class Raster:
         Path length (mm) of every pixel's ray through each of the P meshes,
         after the unbalanced-pixel fallback.
     flags : (P, H, W) bool
-        True where the fallback replaced the value (or slots overflowed).
+        True where the fallback replaced the value (or slots overflowed); the same
+        pixels are flagged for every mesh.
     count : (H, W) int32
         Number of faces (of all meshes) covering each pixel.
     slot_face : (H, W, K) int32
@@ -83,12 +503,12 @@ class Raster:
     face_offsets: np.ndarray
     n_fixed: np.ndarray
     camera: Camera
-    # packed inputs kept for the backward pass
     vertices: torch.Tensor | None = None  # (N, 3) all meshes' vertices
     faces: torch.Tensor | None = None  # (M, 3) int32, global vertex indices
     face_mesh: torch.Tensor | None = None  # (M,) int32
     vertex_offsets: np.ndarray | None = None  # (P + 1,)
-    _buffers: dict | None = field(default=None, repr=False)  # storage reused by rasterize(..., out=self)
+    _rasterizer: Rasterizer | None = field(default=None, repr=False)
+    _state: RasterState | None = field(default=None, repr=False)
 
     @property
     def K(self) -> int:
@@ -98,103 +518,24 @@ class Raster:
         return self.L.detach().cpu().numpy()
 
 
-def _as_vertices(v, name: str, dtype, device) -> torch.Tensor:
-    if isinstance(v, torch.Tensor):
-        t = v.detach()
-    else:
-        t = torch.from_numpy(np.array(v, copy=True))
-    if t.ndim != 2 or t.shape[1] != 3:
-        raise ValueError(f"{name}: vertices must have shape (N, 3), got {tuple(t.shape)}")
-    if not (t.dtype.is_floating_point):
-        raise TypeError(f"{name}: vertices must be floating point, got {t.dtype}")
-    t = t.to(device=device, dtype=dtype)
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{name}: vertices contain NaN or inf")
-    return t
+def _as_mesh_list(meshes):
+    single = isinstance(meshes, Mesh) or (
+        isinstance(meshes, tuple) and len(meshes) == 2 and not isinstance(meshes[0], (Mesh, tuple)))
+    return single, ([meshes] if single else list(meshes))
 
 
-def _as_faces(F, n_vertices: int, name: str, device) -> torch.Tensor:
-    F = F.detach() if isinstance(F, torch.Tensor) else torch.from_numpy(np.array(F, copy=True))
-    if F.ndim != 2 or F.shape[1] != 3 or F.dtype.is_floating_point or F.dtype == torch.bool:
-        raise ValueError(f"{name}: faces must be an integer array of shape (M, 3)")
-    F = F.to(device=device, dtype=torch.int32)
-    if len(F) and (int(F.min()) < 0 or int(F.max()) >= n_vertices):
-        raise ValueError(f"{name}: face indices out of range [0, {n_vertices - 1}]")
-    return F
-
-
-def _mesh_tensors(m: Mesh, dtype, device):
-    """Vertices and int32 faces of a Mesh on the kernels' device, cached on the Mesh.
-
-    A Mesh is immutable and was validated when it was built, so its tensors
-    are made once per (dtype, device). Inward meshes are reoriented (with a
-    warning) once; open meshes warn once.
-    """
-    cache = m.__dict__.setdefault("_tx_tensors", {})
-    key = (dtype, str(device))
-    if key not in cache:
-        rep = m.check()
-        src = m
-        if rep.watertight and not rep.outward:
-            src = m.oriented()  # warns
-        elif not rep.watertight:
-            warnings.warn(
-                f"{m!r} is not watertight ({'; '.join(rep.problems())}); unbalanced pixels "
-                "take a neighbour's value and are flagged",
-                MeshWarning,
-                stacklevel=4,
-            )
-        V = torch.from_numpy(np.array(src.vertices)).to(device=device, dtype=dtype)
-        F = torch.from_numpy(np.array(src.faces, dtype=np.int32)).to(device)
-        cache[key] = (V, F)
-    return cache[key]
-
-
-def _pack(meshes, dtype, device):
-    """Concatenate meshes: vertices (N, 3), faces (M, 3) int32, face_mesh (M,), offsets."""
-    Vs, Fs, face_off, vert_offs = [], [], [0], [0]
+def _pack(meshes, names):
+    """Prepare P meshes: (V (N, 3) float64, F (M, 3) int32 global, face_obj, vertex offsets, open objects)."""
+    Vs, Fs, objs, voff, open_ = [], [], [], [0], []
     for p, m in enumerate(meshes):
-        if isinstance(m, Mesh):
-            V, F = _mesh_tensors(m, dtype, device)
-        else:
-            try:
-                V, F = m
-            except (TypeError, ValueError):
-                raise TypeError(f"meshes[{p}] must be a Mesh or a (vertices, faces) pair") from None
-            V = _as_vertices(V, f"meshes[{p}]", dtype, device)
-            F = _as_faces(F, len(V), f"meshes[{p}]", device)
+        V, F, closed = prepare_mesh(m, names[p], stacklevel=5)
         Vs.append(V)
-        Fs.append(F if vert_offs[-1] == 0 else F + vert_offs[-1])
-        vert_offs.append(vert_offs[-1] + len(V))
-        face_off.append(face_off[-1] + len(F))
-    if not Vs:
-        raise ValueError("no meshes given")
-    face_off = np.asarray(face_off, dtype=np.int64)
-    if len(Vs) == 1:
-        V, F = Vs[0].contiguous(), Fs[0].contiguous()
-        face_mesh = torch.zeros(len(F), dtype=torch.int32, device=device)
-    else:
-        V = torch.cat(Vs).contiguous()
-        F = torch.cat(Fs).contiguous()
-        face_mesh = torch.repeat_interleave(
-            torch.arange(len(Vs), dtype=torch.int32, device=device),
-            torch.as_tensor(np.diff(face_off), device=device),
-        ).contiguous()
-    return V, F, face_mesh, face_off, np.asarray(vert_offs, dtype=np.int64)
-
-
-def _camera_tensors(camera: Camera, dtype, device):
-    """P, inv(P[:, :3]) and the source as tensors, cached on the (immutable) camera."""
-    key = ("tensors", dtype, str(device))
-    if key not in camera._cache:
-        camera._cache[key] = tuple(
-            torch.tensor(np.array(a), dtype=dtype, device=device) for a in (camera.P, camera.M_inv, camera.source)
-        )
-    return camera._cache[key]
-
-
-# slot capacity to start from, per image size and face count (grown K is remembered)
-_K_HINT: dict = {}
+        Fs.append(F + voff[-1])
+        objs.append(np.full(len(F), p, np.int32))
+        voff.append(voff[-1] + len(V))
+        if not closed:
+            open_.append(p)
+    return np.concatenate(Vs), np.concatenate(Fs), np.concatenate(objs), np.asarray(voff, np.int64), open_
 
 
 def rasterize(
@@ -208,6 +549,7 @@ def rasterize(
     fix_radius: int = 4,
     vertices: Sequence[torch.Tensor] | None = None,
     deterministic: bool = False,
+    check_balance: bool = False,
     out: Raster | None = None,
 ) -> Raster:
     """Rasterize meshes into per-mesh path-length maps for one camera.
@@ -224,129 +566,66 @@ def rasterize(
     dtype : torch.float32 or torch.float64
         Precision of the arithmetic and of the outputs.
     fix_unbalanced, fix_radius :
-        The fallback for pixels whose entries and exits do not balance.
+        The fallback for pixels whose entries and exits through an open mesh do not balance.
     vertices : sequence of (N_p, 3) tensors, optional
-        Replace the meshes' vertex positions (same connectivity), as the
-        torch bridge does.
+        Replace the meshes' vertex positions (same connectivity).
     deterministic : bool
         Bitwise reproducible path lengths: each pixel's slots are sorted by
         face id and summed in that order, instead of accumulated with atomic
         float additions whose order varies between runs. Implies slots are
         kept and K grows as needed (a fixed ``K`` that overflows raises).
+    check_balance : bool
+        Track entries/exits of every mesh, not only of open ones (``Raster.n_fixed``
+        then counts unbalanced pixels of closed meshes too, which must be zero).
     out : Raster, optional
-        A previous result whose buffers are reused when their shapes, dtypes
-        and device fit (no new allocation, no first-touch page faults): its
-        tensors are overwritten, so do not keep using them. For repeated
-        renders (viewers, benchmarks, optimisation loops).
+        A previous result of the same meshes and camera size whose rasterizer and
+        buffers are reused (its tensors are overwritten: do not keep using them).
     """
     runtime.ensure_init()
     if not isinstance(camera, Camera):
         raise TypeError(f"camera must be a taichi_xray.Camera, got {type(camera).__name__}")
     if dtype not in _REAL:
         raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-    single = isinstance(meshes, Mesh) or (
-        isinstance(meshes, tuple) and len(meshes) == 2 and not isinstance(meshes[0], (Mesh, tuple))
-    )
-    meshes = [meshes] if single else list(meshes)
+    single, meshes = _as_mesh_list(meshes)
+    if not meshes:
+        raise ValueError("no meshes given")
+    names = [(m.name or repr(m)) if isinstance(m, Mesh) else f"meshes[{p}]" for p, m in enumerate(meshes)]
     if vertices is not None:
         if len(vertices) != len(meshes):
             raise ValueError(f"got {len(vertices)} vertex tensors for {len(meshes)} meshes")
         meshes = [(v, m.faces if isinstance(m, Mesh) else m[1]) for v, m in zip(vertices, meshes)]
-    device = runtime.torch_device()
-    real = _REAL[dtype]
-    V, F, face_mesh, face_off, vert_off = _pack(meshes, dtype, device)
-    P, H, W = len(meshes), camera.height, camera.width
-    cam, minv, src = _camera_tensors(camera, dtype, device)
-
-    if deterministic:
-        keep_slots = True
-    hint_key = (H, W, len(F))
-    if not keep_slots:
-        cap = 0
-    elif K is None:
-        cap = _K_HINT.get(hint_key, 8)
+    Vnp, F, face_obj, voff, open_ = _pack(meshes, names)
+    P = len(meshes)
+    rz = out._rasterizer if out is not None else None
+    reuse = (rz is not None and rz.dtype == dtype and rz.C == P and len(rz.F) == len(F) and rz.K_fixed == K
+             and rz.deterministic == deterministic and (rz.H, rz.W) == (camera.height, camera.width)
+             and rz.open_objects == open_ and torch.equal(rz.F.cpu(), torch.as_tensor(F)))
+    if reuse:
+        rz.set_cameras([camera])
+        rz.names = names
     else:
-        cap = int(K)
-        if cap < 1:
-            raise ValueError(f"K must be a positive integer, got {K}")
-    pool = dict(out._buffers) if (out is not None and out._buffers) else {}
-
-    def buf(name, shape, dt):
-        t = pool.get(name)
-        if t is None or tuple(t.shape) != tuple(shape) or t.dtype != dt or t.device != torch.device(device):
-            t = torch.empty(shape, dtype=dt, device=device)
-            pool[name] = t
-        return t
-
-    proj = buf("proj", (len(V), 3), dtype)
-    L = buf("L", (P, H, W), dtype)
-    balance = buf("balance", (P, H, W), torch.int32)
-    count = buf("count", (H, W), torch.int32)
-    flags = buf("flags", (P, H, W), torch.uint8)
-    status = buf("status", (kr.ST_UNBALANCED + P,), torch.int32)
-    for attempt in range(2):
-        slot_face = buf("slot_face", (H, W, max(cap, 1)), torch.int32)
-        slot_depth = buf("slot_depth", (H, W, max(cap, 1)), dtype)
-        for t in (L, balance, count, flags):
-            t.zero_()
-        kr.rasterize_faces(V, F, face_mesh, cam, proj, src, minv, L, balance, count, slot_face, slot_depth,
-                           status, cap, int(keep_slots), real)
-        # one device -> host transfer for all the counters
-        st = torch.cat([status[: kr.ST_MAX_COUNT], count.max().reshape(1).to(torch.int32),
-                        (balance != 0).sum(dim=(1, 2)).to(torch.int32)]).cpu().numpy()
-        if st[kr.ST_STRADDLE]:
-            names = _straddling_meshes(proj, F, face_mesh, face_off, meshes)
-            raise GeometryError(
-                f"{int(st[kr.ST_STRADDLE])} faces cross the plane through the X-ray source parallel to the "
-                f"detector ({names}); the source must lie outside every mesh and in front of none of its faces"
-            )
-        need = int(st[kr.ST_MAX_COUNT])
-        if keep_slots and K is None:
-            _K_HINT[hint_key] = max(need, 1)
-        if not keep_slots or need <= cap or K is not None:
-            break
-        cap = need  # grow K and run again
-    overflow = None
-    if deterministic:
-        if need > cap:
-            raise ValueError(f"deterministic=True needs every crossing in a slot: K={cap} but {need} faces cover a pixel")
-        kr.sum_slots_sorted(count, slot_face, slot_depth, face_mesh, L)
-    if keep_slots and need > cap:
-        overflow = count > cap
-        warnings.warn(
-            f"K={cap} slots overflowed on {int(overflow.sum())} pixels (up to {need} faces cover a pixel); "
-            "path lengths stay exact, but those pixels are flagged and get no gradient. Use K=None to grow K.",
-            KOverflowWarning,
-            stacklevel=2,
-        )
-    if not keep_slots:
-        slot_face = slot_face[:, :, :0]
-        slot_depth = slot_depth[:, :, :0]
-
+        rz = Rasterizer(F, face_obj, face_obj[:, None], np.ones((len(F), 1)), P, [camera], open_objects=open_,
+                        names=names, dtype=dtype, K=K, deterministic=deterministic, fix_radius=fix_radius)
+    V = torch.as_tensor(Vnp, dtype=dtype, device=rz.device)[None].contiguous()
+    st = rz.forward(V, keep_slots=keep_slots, check_balance=check_balance, fix_unbalanced=fix_unbalanced)
     n_fixed = np.zeros(P, dtype=np.int64)
-    unbalanced = st[kr.ST_UNBALANCED:].astype(np.int64)
-    if fix_unbalanced and unbalanced.any():
-        fixed = buf("L_fixed", (P, H, W), dtype)
-        kr.fill_unbalanced(L, balance, fixed, flags, int(fix_radius), real)
-        L = fixed
-        n_fixed = unbalanced
-        warnings.warn(
-            f"{int(n_fixed.sum())} pixels had unbalanced entries/exits (open mesh or edge-on faces) and took a "
-            f"neighbour's path length; per mesh: {n_fixed.tolist()}",
-            MeshWarning,
-            stacklevel=2,
-        )
-    flags = flags.view(torch.bool)
-    if overflow is not None:
-        flags = flags | overflow[None]
-    return Raster(L, flags, count, slot_face, slot_depth, face_off, n_fixed, camera, V, F, face_mesh, vert_off, pool)
-
-
-def _straddling_meshes(proj, F, face_mesh, face_off, meshes) -> str:
-    w = proj[:, 2][F.long()]
-    bad = ((w <= 0).any(dim=1) & (w > 0).any(dim=1)).cpu().numpy()
-    ids = np.unique(face_mesh.cpu().numpy()[bad])
-    return ", ".join(repr(meshes[i]) if isinstance(meshes[i], Mesh) else f"meshes[{i}]" for i in ids)
+    bal_objs = list(range(P)) if check_balance else open_
+    for b, o in enumerate(bal_objs):
+        n_fixed[o] = st.n_fixed[0, b]
+    if n_fixed.any():
+        warnings.warn(f"{int(n_fixed.sum())} pixels had unbalanced entries/exits (open mesh or edge-on faces) and "
+                      f"{'took a neighbour' + chr(39) + 's path length' if fix_unbalanced else 'were left as they are'}"
+                      f"; per mesh: {n_fixed.tolist()}", MeshWarning, stacklevel=2)
+    flags = st.flags[0][None].expand(P, -1, -1)
+    count = st.count[0] if st.count is not None else torch.zeros((camera.height, camera.width), dtype=torch.int32,
+                                                                   device=rz.device)
+    if st.slot_face is not None:
+        sf, sd = st.slot_face[0], st.slot_depth[0]
+    else:
+        sf = torch.zeros((camera.height, camera.width, 0), dtype=torch.int32, device=rz.device)
+        sd = torch.zeros((camera.height, camera.width, 0), dtype=dtype, device=rz.device)
+    foff = np.concatenate([[0], np.cumsum(rz.faces_per_object)]).astype(np.int64)
+    return Raster(st.L[0], flags, count, sf, sd, foff, n_fixed, camera, V[0], rz.F, rz.face_obj, voff, rz, st)
 
 
 def path_length(meshes, camera, **kwargs) -> np.ndarray:
@@ -363,8 +642,7 @@ def path_length(meshes, camera, **kwargs) -> np.ndarray:
     numpy array, float32 (float64 with ``dtype=torch.float64``).
     """
     kwargs.setdefault("keep_slots", False)
-    single_mesh = isinstance(meshes, Mesh) or (isinstance(meshes, tuple) and len(meshes) == 2
-                                              and not isinstance(meshes[0], (Mesh, tuple)))
+    single_mesh, _ = _as_mesh_list(meshes)
     cams = [camera] if isinstance(camera, Camera) else list(camera)
     if not cams:
         raise ValueError("no cameras given")
@@ -373,7 +651,10 @@ def path_length(meshes, camera, **kwargs) -> np.ndarray:
             raise TypeError(f"camera must be a taichi_xray.Camera (or a list of them), got {type(c).__name__}")
     if len({(c.height, c.width) for c in cams}) > 1:
         raise ValueError("all cameras must have the same detector size to stack their images")
-    out = [rasterize(meshes, c, **kwargs).numpy() for c in cams]
+    out, prev = [], None
+    for c in cams:
+        prev = rasterize(meshes, c, out=prev, **kwargs)
+        out.append(prev.numpy().copy())
     arr = np.stack(out)
     if single_mesh:
         arr = arr[:, 0]

@@ -108,103 +108,41 @@ def _pane_kernel(img: ti.types.ndarray(), out: ti.template(), x0: ti.i32, top: t
 # ----------------------------------------------------------------------------------------
 # pipeline
 # ----------------------------------------------------------------------------------------
-def _material_key(m):
-    return (m.name, round(m.density, 9), tuple(sorted((k, round(v, 12)) for k, v in m.composition.items())))
-
-
 class XrayPipeline:
-    """Scene -> X-ray image with per-stage caching (see the module docstring).
+    """The viewer's view of the :class:`~taichi_xray.pipeline.Pipeline`, with per-stage caching.
 
-    Arrays (torch, on the kernels' device): ``L`` (P, H, W) float32 path lengths (mm),
-    ``T`` (H, W) transmission, ``image`` (H, W) the displayed quantity. ``I0`` is the
-    unattenuated signal. ``timings`` (ms) of the last :meth:`update`:
-    rasterize, physics, display (0 when a stage was skipped).
+    The meshes are re-rasterized only when the camera, the visibility or the attenuation
+    scales change (visibility and scales are face weights of the rasterizer), the
+    Beer-Lambert kernel runs only when the spectrum or the path lengths change, and the
+    display mapping only when the image or window/level change. Arrays stay torch tensors
+    on the kernels' device.
+
+    Arrays: ``L`` (C, H, W) per-material path lengths (mm, incl. air), ``T`` (H, W)
+    transmission, ``image`` (H, W) the displayed quantity. ``I0`` is the unattenuated
+    signal. ``timings`` (ms) of the last :meth:`update`: rasterize, physics, display (0
+    when a stage was skipped).
     """
 
     def __init__(self, scene):
-        from .physics.materials import get_material
+        from .render import scene_pipeline
 
         self.scene = scene
         self.backend = runtime.ensure_init()
         self.device = runtime.torch_device()
-        self.fdt = torch.float32 if self.backend in ("vulkan", "metal") else torch.float64
-        # meshes: checked and oriented once, then passed as tensors (no per-frame checks)
-        self.meshes = []
-        for o in scene.objects:
-            m = o.mesh
-            rep = m.check()
-            if rep.watertight and not rep.outward:
-                m = m.oriented()
-            V = torch.as_tensor(np.array(m.vertices, dtype=np.float32), device=self.device)
-            F = torch.as_tensor(np.array(m.faces, dtype=np.int64), device=self.device)
-            self.meshes.append((V, F))
-        self.parents = scene.parents
-        self.air = bool(scene.output.air)
-        mats = [o.material for o in scene.objects] + ([get_material("air")] if self.air else [])
-        keys, self.materials, self.obj_mat = {}, [], []
-        for m in mats:
-            k = _material_key(m)
-            if k not in keys:
-                keys[k] = len(self.materials)
-                self.materials.append(m)
-            self.obj_mat.append(keys[k])
-        self.air_row = self.obj_mat[-1] if self.air else None
-        self.obj_mat = self.obj_mat[: len(scene.objects)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # mesh warnings were given when the scene was loaded
+            self.pipe = scene_pipeline(scene)
+        self.V = self.pipe.pack_vertices()
         self._keys = {}
         self._spectra = {}
         self.camera = None
-        self.L = self.Lm = self.T = self.image = None
-        self._ray = None
+        self.L = self.T = self.image = None
         self.I0 = 1.0
         self.window = (0.0, 1.0)
         self.timings = {"rasterize": 0.0, "physics": 0.0, "display": 0.0}
         self.last_timings = dict(self.timings)  # of the last update that recomputed something
         self.n_rasterized = self.n_physics = 0
 
-    # -------------------------------------------------------------- weights
-    def weights(self, visible, mu_scale) -> np.ndarray:
-        """G (M, P) float64: L_material = G @ L (over objects).
-
-        A hidden object is removed: its volume takes its nearest visible ancestor's
-        material (the air when it has none). ``mu_scale[p]`` multiplies object p's mu,
-        which is the same as scaling its exclusive length.
-        """
-        P = len(self.parents)
-        if len(visible) != P or len(mu_scale) != P:
-            raise ValueError(f"visible and mu_scale need {P} entries each")
-        eff = []
-        for q in range(P):
-            p = self.parents[q]
-            while p >= 0 and not visible[p]:
-                p = self.parents[p]
-            eff.append(p)
-        G = np.zeros((len(self.materials), P))
-        for q in range(P):
-            if not visible[q]:
-                continue
-            G[self.obj_mat[q], q] += float(mu_scale[q])
-            p = eff[q]
-            if p >= 0:
-                G[self.obj_mat[p], q] -= float(mu_scale[p])
-            elif self.air:
-                G[self.air_row, q] -= 1.0
-        return G
-
-    def spectrum_arrays(self, state: ViewerState):
-        """(mu (M, E), w (E,), I0) for the state's spectrum, cached by spectrum_key."""
-        key = state.spectrum_key()
-        if key not in self._spectra:
-            spec = state.spectrum(self.scene.spectrum_spec)
-            e = spec.energies
-            mu = np.stack([m.mu(e) for m in self.materials])
-            w = spec.photons * self.scene.detector.response(e)
-            if len(self._spectra) > 64:
-                self._spectra.clear()
-            self._spectra[key] = (torch.as_tensor(mu, dtype=self.fdt, device=self.device),
-                                  torch.as_tensor(w, dtype=self.fdt, device=self.device), float(w.sum()))
-        return self._spectra[key]
-
-    # -------------------------------------------------------------- update
     def _sync(self):
         ti.sync()
         if self.device == "cuda":
@@ -213,41 +151,35 @@ class XrayPipeline:
     def update(self, state: ViewerState) -> set:
         """Recompute what the state's changes need; returns the stages that ran
         ({"rasterize", "physics", "noise", "window"} subset)."""
-        from .physics.attenuation import beer_lambert
-        from .rasterize import rasterize
-
         ran = set()
+        pipe = self.pipe
         self.timings = {"rasterize": 0.0, "physics": 0.0, "display": 0.0}
         gk, mk, sk, nk = state.geometry_key(), state.material_key(), state.spectrum_key(), state.noise_key()
         t0 = time.perf_counter()
-        if self._keys.get("geometry") != gk:
+        if self._keys.get("geometry") != gk or self._keys.get("material") != mk:
             cam = state.camera(self.scene.camera_spec)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # mesh warnings were given when the scene was loaded
-                # reuse the previous frame's buffers (self.L is read before the next rasterize)
-                self._raster = rasterize(self.meshes, cam, keep_slots=False, out=getattr(self, "_raster", None))
-                self.L = self._raster.L
-            self.camera = cam
-            self._ray = (torch.as_tensor(cam.ray_lengths(), dtype=self.fdt, device=self.device)
-                         if self.air else None)
+            pipe.set_cameras(cam)
+            pipe.set_object_weights(visible=state.visible, mu_scale=state.mu_scale)
+            self.L = pipe.project(self.V).L[0]
+            self.camera = pipe.cameras[0]
             self._sync()
-            self._keys["geometry"] = gk
-            self._keys.pop("material", None)
+            self._keys["geometry"], self._keys["material"] = gk, mk
+            self._keys.pop("spectrum", None)
             self.n_rasterized += 1
             ran.add("rasterize")
             self.timings["rasterize"] = (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()
-        if self._keys.get("material") != mk:
-            G = torch.as_tensor(self.weights(state.visible, state.mu_scale), dtype=self.fdt, device=self.device)
-            self.Lm = torch.einsum("mp,phw->mhw", G, self.L.to(self.fdt))
-            if self._ray is not None:
-                self.Lm[self.air_row] += self._ray
-            self.Lm = self.Lm.contiguous()
-            self._keys["material"] = mk
-            self._keys.pop("spectrum", None)
         if self._keys.get("spectrum") != sk:
-            mu, w, self.I0 = self.spectrum_arrays(state)
-            self.T_clean = beer_lambert(self.Lm, mu, w) / self.I0
+            spec = self._spectra.get(sk)
+            if spec is None:
+                spec = state.spectrum(self.scene.spectrum_spec)
+                if len(self._spectra) > 64:
+                    self._spectra.clear()
+                self._spectra[sk] = spec
+            if spec is not pipe.spectrum:
+                pipe.set_spectrum(spec)
+            _, _, self.I0 = pipe.physics_tables(pipe.physics_dtype, self.L.device)
+            self.T_clean = pipe.physics(self.L[None])[0, 0] / self.I0
             self._sync()
             self._keys["spectrum"] = sk
             self._keys.pop("noise", None)

@@ -184,12 +184,19 @@ def test_several_cameras_stack():
     np.testing.assert_allclose(L[0], tx.path_length(m, cams[0]))
 
 
-def test_faces_behind_source_are_culled_and_straddling_raises():
+def test_mesh_behind_source_raises_and_straddling_raises():
     cam = simple_camera()
-    behind = tx.Mesh(*icosphere(10.0, 1, centre=(0, 0, -400.0)))
-    assert np.all(tx.path_length(behind, cam) == 0)
+    behind = tx.Mesh(*icosphere(10.0, 1, centre=(0, 0, -400.0)), name="behind")
+    with pytest.raises(tx.GeometryError, match="'behind' lies entirely behind the X-ray source"):
+        tx.path_length(behind, cam)  # never an all-zero image in silence
     front = tx.Mesh(*icosphere(10.0, 1))
-    np.testing.assert_allclose(tx.path_length([front, behind], cam)[0], tx.path_length(front, cam))
+    with pytest.raises(tx.GeometryError, match="'behind'"):
+        tx.path_length([front, behind], cam)
+    # faces of a mesh partly behind the source (a second component) are culled
+    Vf, Ff = icosphere(10.0, 1)
+    Vb, Fb = icosphere(10.0, 1, centre=(0, 0, -400.0))
+    two = tx.Mesh(np.vstack([Vf, Vb]), np.vstack([Ff, Fb + len(Vf)]))
+    np.testing.assert_allclose(tx.path_length(two, cam), tx.path_length(front, cam), rtol=1e-5, atol=1e-4)
     around = tx.Mesh(*icosphere(30.0, 1, centre=(0, 0, -200.0)))  # contains the source
     with pytest.raises(tx.GeometryError, match="cross the plane through the X-ray source"):
         tx.path_length(around, cam)

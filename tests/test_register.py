@@ -27,7 +27,8 @@ def scene():
     V1, F1 = torus(R=40.0, r=12.0, n=32, m=12, rotation=rotation_matrix((1, 0, 0), 60.0))
     V2, F2 = ellipsoid((25.0, 15.0, 10.0), centre=(30.0, 10.0, 35.0), n_lat=10, n_lon=20)
     cams = [Camera.c_arm(sid=600.0, sdd=1000.0, width=64, height=64, pixel_spacing=3.0, lao=a) for a in (0.0, 90.0)]
-    r = XRayRenderer([F1, F2], cams, materials=["cortical_bone", "soft_tissue"])
+    # the torus and the ellipsoid overlap: allowed explicitly (both materials then add up there)
+    r = XRayRenderer([F1, F2], cams, materials=["cortical_bone", "soft_tissue"], overlap="allow")
     verts = [V1, V2]
     c = np.concatenate(verts).mean(0)
     target = render_posed(r, verts, np.zeros(3), np.zeros(3), c)

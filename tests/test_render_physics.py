@@ -58,7 +58,7 @@ def test_monochromatic_sphere_matches_exp_minus_mu_L(tmp_path):
     Mesh(V, F).save(tmp_path / "sphere.obj")
     sc = scene(tmp_path, [{"name": "ball", "mesh": "sphere.obj", "material": "water"}],
                output={"kind": "transmission"})
-    res = render(sc)
+    res = render(sc, per_object=True)
     mu = get_material("water").mu([60.0])[0]
     # the icosphere lies between its inscribed sphere (face planes) and the circumscribed one
     n = np.cross(V[F[:, 1]] - V[F[:, 0]], V[F[:, 2]] - V[F[:, 0]])
@@ -80,7 +80,7 @@ def test_monochromatic_slab_custom_material_exact(tmp_path, air):
     sc = scene(tmp_path, [{"name": "slab", "mesh": "slab.obj", "material": "alu"}],
                spectrum={"monochromatic": 40.0}, output={"kind": "line_integral", "air": air},
                materials={"alu": {"elements": ["Al"], "fractions": [1.0], "density": 2.699}})
-    res = render(sc)
+    res = render(sc, per_object=True)
     L = chord_box(res.camera, lo, hi)
     mu = get_material("aluminium").mu([40.0])[0]
     expect = mu * L
@@ -111,11 +111,12 @@ def test_nested_objects_equal_explicit_subtraction(tmp_path):
 def test_polychromatic_matches_numpy_reference(tmp_path):
     objs = nested_files(tmp_path)
     objs.append({"name": "gas", "mesh": "phantom:pelvis/rectal_gas", "material": "air",
-                 "transform": {"translate": [0.0, -35.0, 75.0]}, "parent": "outer"})  # 12x10x20 mm ellipsoid
+                 "transform": {"translate": [0.0, -17.0, 75.0]}, "parent": "outer"})  # 12x10x20 mm ellipsoid
+    # centred at y = 18 mm: it touches the inner box (y <= 8) without overlapping it
     sc = scene(tmp_path, objs, spectrum={"kvp": 80, "filtration": {"Al": 2.5, "Cu": 0.1}, "bin_width": 2.0},
                detector={"kind": "energy", "scintillator": {"material": "CsI", "thickness_mm": 0.6}},
                output={"kind": "intensity", "air": True})
-    res = render(sc)
+    res = render(sc, per_object=True)
     L = res.path_lengths.astype(np.float64)  # the reference uses the same path lengths
     assert L[2].max() > 15
     Lx = np.stack([L[0] - L[1] - L[2], L[1], L[2], res.camera.ray_lengths() - L[0]])
@@ -167,5 +168,5 @@ def test_output_window_bits_invert_noise(tmp_path):
 def test_render_accepts_a_path_and_a_camera(tmp_path):
     sc = scene(tmp_path, nested_files(tmp_path))
     cam = sc.camera_spec.build(lao=30)
-    res = render(sc.path, camera=cam)
+    res = render(sc.path, camera=cam, per_object=True)
     assert res.camera is cam and res.path_lengths.shape == (2, 40, 48)

@@ -126,8 +126,8 @@ def test_no_grad_repeated_calls_and_no_recompilation():
         L0 = path_lengths(v, F, cam)
     assert L0.grad_fn is None
     path_lengths(v, F, cam).sum().backward()  # compile once
-    n_fwd = len(kr.rasterize_faces._primal.compiled_kernels)
-    n_bwd = len(kr.path_length_backward._primal.compiled_kernels)
+    n_fwd = len(kr.raster_forward._primal.compiled_kernels)
+    n_bwd = len(kr.raster_backward._primal.compiled_kernels)
     g0 = v.grad.clone()
     for _ in range(3):  # same input: same gradient (up to the order of atomic float additions)
         v.grad = None
@@ -138,8 +138,8 @@ def test_no_grad_repeated_calls_and_no_recompilation():
         opt.zero_grad()
         path_lengths(v, F, cam).sum().backward()
         opt.step()
-    assert len(kr.rasterize_faces._primal.compiled_kernels) == n_fwd
-    assert len(kr.path_length_backward._primal.compiled_kernels) == n_bwd
+    assert len(kr.raster_forward._primal.compiled_kernels) == n_fwd
+    assert len(kr.raster_backward._primal.compiled_kernels) == n_bwd
 
 
 def test_bridge_input_checks():
@@ -180,7 +180,7 @@ def test_pose_recovery_two_views():
 
     Va, Fa = torus(30.0, 10.0, 32, 16)
     Vb, Fb = box([-6, -12, -6], [6, 12, 20])
-    V = np.concatenate([Va, Vb + [30, 0, 0]])
+    V = np.concatenate([Va, Vb + [50, 0, 0]])  # two components that do not intersect
     F = np.concatenate([Fa, Fb + len(Va)])
     cams = [tx.Camera.c_arm(sid=500, sdd=800, width=64, height=64, pixel_spacing=2.0, lao=a, cran=c)
             for a, c in ((0, 0), (90, 10))]
@@ -226,8 +226,8 @@ def test_deterministic_mode_is_bitwise_reproducible_and_agrees():
                 for a, b in zip(run, runs[0]):
                     assert torch.equal(a, b)
         grads[det] = runs[0]
-    for a, b in zip(grads[True], grads[False]):
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+    for a, b in zip(grads[True], grads[False]):  # float32 sums in different orders: 1e-4 of each gradient's scale
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 + 1e-4 * float(b.abs().max()))
 
 
 def test_gradcheck_deterministic_float64():

@@ -32,7 +32,7 @@ def scene_path(tmp_path_factory):
     d = tmp_path_factory.mktemp("viewer_scene")
     Mesh(*ellipsoid((90.0, 60.0, 110.0), n_lat=12, n_lon=24), "body").save(d / "body.stl")
     Mesh(*box((30.0, 30.0, 120.0), centre=(0.0, 20.0, 0.0)), "bone").save(d / "bone.stl")
-    Mesh(*icosphere(35.0, 2, centre=(-40.0, -10.0, 20.0)), "lung").save(d / "lung.stl")
+    Mesh(*icosphere(30.0, 2, centre=(-50.0, -10.0, 20.0)), "lung").save(d / "lung.stl")  # beside the bone
     (d / "small.toml").write_text(textwrap.dedent("""
         [scene]
         name = "small"
@@ -233,24 +233,36 @@ def test_unique_names_never_overwrite(tmp_path):
         unique_stem(tmp_path / "missing", "x", exts)
 
 
-def test_pipeline_weights_match_render_grouping(scene):
-    """All visible, unit scales: the viewer's material weights equal render()'s grouping;
-    hiding an object gives its volume to its parent."""
-    from taichi_xray.render import _group
+def test_pipeline_weights_hide_and_scale_objects(scene):
+    """Face weights of the one pipeline: each object adds its own material and removes what
+    surrounds it; hiding an object gives its volume to its nearest visible ancestor (or the
+    air); a scale multiplies the object's own term and what its children remove."""
     from taichi_xray.viewer import XrayPipeline
 
-    pl = XrayPipeline(scene)
-    G = pl.weights([True] * 3, [1.0] * 3)
-    G_ref, _, _ = _group(scene, True)
-    np.testing.assert_allclose(G, G_ref)
-    Gh = pl.weights([True, False, True], [1.0, 1.0, 1.0])
-    # bone hidden: its column adds nothing to the bone material and nothing is taken from the body
-    assert np.all(Gh[:, 1] == 0)
-    Gb = pl.weights([False, True, True], [1.0, 1.0, 1.0])  # body hidden: children displace air
-    air = pl.air_row
-    np.testing.assert_allclose(Gb[air], [0.0, -1.0, -1.0])
-    Gs = pl.weights([True] * 3, [1.0, 2.0, 1.0])
-    np.testing.assert_allclose(Gs[pl.obj_mat[1], 1], 2.0)
+    pipe = XrayPipeline(scene).pipe
+    body, bone, lung = (pipe.obj_channel[i] for i in range(3))
+    air = pipe.air_channel
+    ch, w = pipe.object_weights()
+    np.testing.assert_array_equal(ch, [[body, air], [bone, body], [lung, body]])
+    np.testing.assert_allclose(w, [[1, -1], [1, -1], [1, -1]])
+    pipe.set_object_weights(visible=[True, False, True])
+    ch, w = pipe.object_weights()
+    assert ch[1, 0] == -1 and ch[1, 1] == -1 and w[1].tolist() == [0, 0]  # the bone's volume stays body
+    pipe.set_object_weights(visible=[False, True, True])
+    ch, w = pipe.object_weights()  # body hidden: its children displace the air
+    np.testing.assert_array_equal(ch[1:], [[bone, air], [lung, air]])
+    pipe.set_object_weights(visible=[True] * 3, mu_scale=[1.0, 2.0, 1.0])
+    ch, w = pipe.object_weights()
+    np.testing.assert_allclose(w, [[1, -1], [2, -1], [1, -1]])
+    # and the images follow: hiding the bone equals a scene without it
+    pipe.set_object_weights(visible=[True, False, True], mu_scale=[1.0] * 3)
+    hidden = pipe.render()
+    from taichi_xray.pipeline import Pipeline
+
+    ref = Pipeline([o.mesh for o in scene.objects if o.name != "bone"], pipe.cameras,
+                   materials=[o.material for o in scene.objects if o.name != "bone"], parents=[-1, 0],
+                   spectrum=pipe.spectrum, detector=pipe.detector, air=True, physics_dtype=pipe.physics_dtype)
+    np.testing.assert_allclose(hidden.cpu().numpy(), ref.render().cpu().numpy(), rtol=1e-6, atol=1e-7)
 
 
 def test_pipeline_caches_stages(scene):
@@ -267,12 +279,12 @@ def test_pipeline_caches_stages(scene):
     assert pl.update(st) == set()  # nothing changed: nothing recomputed
     st.set_param("kvp", 90)
     assert pl.update(st) >= {"physics"} and "rasterize" not in pl.update(st)
-    st.set_param("visible", False, 1)
+    st.set_param("visible", False, 1)  # visibility is a face weight: rasterize and physics run
     ran = pl.update(st)
-    assert "physics" in ran and "rasterize" not in ran
+    assert {"physics", "rasterize"} <= ran
     st.handle_key("Right")
     assert "rasterize" in pl.update(st)
-    assert pl.n_rasterized == 2
+    assert pl.n_rasterized == 3
 
 
 # ----------------------------------------------------------------------------------------

@@ -52,7 +52,6 @@ continues with the remaining levels (cheaper).
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -186,9 +185,7 @@ def _renderer_at(renderer, s: int):
     if s == 1:
         return renderer, False
     if _is_xray_renderer(renderer):
-        r = copy.copy(renderer)
-        r.cameras = [downsample_camera(c, s) for c in renderer.cameras]
-        return r, False
+        return renderer.at_scale(s), False
     return renderer, True
 
 

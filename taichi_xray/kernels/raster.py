@@ -1,9 +1,24 @@
-"""Taichi kernels of the path-length rasterizer: forward (one fused launch) and backward.
+"""Taichi kernels of the signed-depth rasterizer: forward, backward, slot utilities.
 
-Every kernel takes its arrays as ``ti.types.ndarray()`` (numpy arrays, torch
-tensors or Taichi ndarrays, on any device Taichi can read) and a ``real``
-template argument (``ti.f32`` or ``ti.f64``) that fixes the precision of the
-arithmetic; kernels are compiled once per precision, never per call.
+Every kernel takes its arrays as ``ti.types.ndarray()`` (torch tensors or
+Taichi ndarrays on the kernels' device) and a ``real`` template argument
+(``ti.f32`` or ``ti.f64``) that fixes the precision of the arithmetic; the
+kernels are compiled once per precision and flag combination, never per call.
+
+Work items are (instance, face) pairs: an *instance* is one vertex set (a pose
+or a shape) seen by one camera, so several views and several poses render in
+one launch. ``inst[i] = (vertex set, camera)``.
+
+Per-face channel weights
+------------------------
+Face ``f`` adds ``face_w[f, j] * sd`` to channel ``face_ch[f, j]`` (``j < J``;
+channel ``-1`` = none) of every pixel it covers, where ``sd`` is its signed
+depth there. For closed surfaces the channels are materials: a face of object
+``q`` (material ``m_q``) inside object ``p`` (material ``m_p``) carries
+``(m_q, +1)`` and ``(m_p, -1)``, so each channel sums to the exclusive path
+length of its material (nesting without per-object images). For per-object
+path lengths, the channel is the object and ``J = 1``. Tetrahedral meshes use
+the same form with density jumps as weights.
 
 Geometry of one face, for one pixel (u, v) = (c, r):
 
@@ -13,85 +28,43 @@ Geometry of one face, for one pixel (u, v) = (c, r):
   negated when the face runs the other way), and a top-left tie-break for
   pixel centres exactly on an edge or vertex. A closed mesh therefore covers
   every pixel the same number of times from the front as from the back.
-* depth: exact distance from the source along the pixel's ray to the face's
-  plane, ``t = n.(v0 - s) / n.d`` with ``d = M^-1 (u, v, 1)``; the signed
-  depth is ``+t|d|`` where the ray leaves the mesh (``n.d > 0``) and
-  ``-t|d|`` where it enters, so the signed depths of a pixel sum to its path
-  length.
+* depth: the distance from the source along the pixel's ray to the face's
+  plane, ``t = w |d|`` with ``d = M^-1 (u, v, 1)`` (whose depth component is
+  1, so the point ``s + w d`` has depth ``w``) and ``1/w`` interpolated
+  perspective-correctly with the barycentric weights of the same edge
+  functions (exact for a plane; a convex combination, so it cannot leave the
+  face's depth range however thin the face is on the image).
+* sign: ``+t`` where the ray leaves the mesh (``n . d > 0``), ``-t`` where it
+  enters. Twice the projected signed area is ``det(M) (v0 - s) . n /
+  (w0 w1 w2)``, so the sign is ``sign(area) * sign(det M)`` (cameras carry
+  ``sign(det M)``) and the forward pass never reads the face normal.
 """
 
 import taichi as ti
 
-# Status codes written into ``status[0..]`` by the face kernel.
+# Camera rows (see pack_cameras in taichi_xray/rasterize.py): P (12), M^-1 (9), source (3), sign(det M)
+CAM_WIDTH = 25
+
+# status[i, s, p]: per instance, per object (rare events only: no contended atomics)
 ST_BEHIND = 0  # faces entirely behind the source plane (culled)
 ST_STRADDLE = 1  # faces crossing the source plane (not rasterized; the caller raises)
-ST_EDGE_ON = 2  # faces seen exactly edge-on (zero projected area; they cover nothing)
-ST_MAX_COUNT = 3  # largest per-pixel coverage count (for K overflow)
-ST_UNBALANCED = 4  # status[4 + p]: unbalanced pixels of mesh p
-
-
-@ti.kernel
-def project_vertices(
-    V: ti.types.ndarray(),  # (N, 3) world mm
-    cam: ti.types.ndarray(),  # (3, 4) projection matrix
-    out: ti.types.ndarray(),  # (N, 3): u, v, w
-    real: ti.template(),
-):
-    for i in range(V.shape[0]):
-        x = ti.cast(V[i, 0], real)
-        y = ti.cast(V[i, 1], real)
-        z = ti.cast(V[i, 2], real)
-        h0 = cam[0, 0] * x + cam[0, 1] * y + cam[0, 2] * z + cam[0, 3]
-        h1 = cam[1, 0] * x + cam[1, 1] * y + cam[1, 2] * z + cam[1, 3]
-        w = cam[2, 0] * x + cam[2, 1] * y + cam[2, 2] * z + cam[2, 3]
-        out[i, 0] = h0 / w
-        out[i, 1] = h1 / w
-        out[i, 2] = w
+N_STATUS = 2
 
 
 @ti.func
-def _setup(i0, i1, i2, proj: ti.template(), H, W, real: ti.template()):
-    """Cull and bound one projected face.
-
-    Returns (state, s, c0, c1, r0, r1): state 0 = rasterize, 1 = behind the
-    source, 2 = straddles the source plane, 3 = edge-on, 4 = off the detector;
-    s = +-1 orients the edge functions so that the inside is positive.
-    """
-    state = 0
-    s = ti.cast(1, real)
-    c0, c1, r0, r1 = 0, -1, 0, -1
-    w0 = proj[i0, 2]
-    w1 = proj[i1, 2]
-    w2 = proj[i2, 2]
-    if w0 <= 0 and w1 <= 0 and w2 <= 0:
-        state = 1
-    elif w0 <= 0 or w1 <= 0 or w2 <= 0:
-        state = 2
-    else:
-        # orientation of the projected triangle, from the canonical edge function
-        ax, ay, dx, dy, k, _ = _edge_setup(i1, i2, ti.cast(1, real), proj)
-        a2 = _edge_value(ax, ay, dx, dy, k, proj[i0, 0], proj[i0, 1])
-        if a2 == 0:
-            state = 3
-        else:
-            if a2 < 0:
-                s = -s
-            umin = ti.min(proj[i0, 0], proj[i1, 0], proj[i2, 0])
-            umax = ti.max(proj[i0, 0], proj[i1, 0], proj[i2, 0])
-            vmin = ti.min(proj[i0, 1], proj[i1, 1], proj[i2, 1])
-            vmax = ti.max(proj[i0, 1], proj[i1, 1], proj[i2, 1])
-            c0 = ti.max(ti.cast(ti.ceil(umin), ti.i32), 0)
-            c1 = ti.min(ti.cast(ti.floor(umax), ti.i32), W - 1)
-            r0 = ti.max(ti.cast(ti.ceil(vmin), ti.i32), 0)
-            r1 = ti.min(ti.cast(ti.floor(vmax), ti.i32), H - 1)
-            if c0 > c1 or r0 > r1:
-                state = 4
-    return state, s, c0, c1, r0, r1
+def _project(V: ti.template(), vs, i, cam: ti.template(), cm, real: ti.template()):
+    x = ti.cast(V[vs, i, 0], real)
+    y = ti.cast(V[vs, i, 1], real)
+    z = ti.cast(V[vs, i, 2], real)
+    h0 = cam[cm, 0] * x + cam[cm, 1] * y + cam[cm, 2] * z + cam[cm, 3]
+    h1 = cam[cm, 4] * x + cam[cm, 5] * y + cam[cm, 6] * z + cam[cm, 7]
+    w = cam[cm, 8] * x + cam[cm, 9] * y + cam[cm, 10] * z + cam[cm, 11]
+    return h0 / w, h1 / w, w
 
 
 @ti.func
-def _edge_setup(ia, ib, s, proj: ti.template()):
-    """Per-face constants of the directed edge ia -> ib, hoisted out of the pixel loop.
+def _edge_setup(ia, ib, pa, pb, s):
+    """Per-face constants of the directed edge ia -> ib (pa, pb: their projected (u, v)).
 
     Returns (ax, ay, dx, dy, k, tl): the canonical edge (from the lower vertex index
     to the higher), the factor k = +-s that turns its value into this face's
@@ -99,15 +72,13 @@ def _edge_setup(ia, ib, s, proj: ti.template()):
     per-pixel value ``k * (dx * (py - ay) - dy * (px - ax))`` is computed from the same
     canonical operands by both faces of an edge, so they see exactly opposite values.
     """
-    lo = ti.min(ia, ib)
-    hi = ti.max(ia, ib)
-    ax = proj[lo, 0]
-    ay = proj[lo, 1]
-    dx = proj[hi, 0] - ax
-    dy = proj[hi, 1] - ay
+    ax, ay, bx, by = pa[0], pa[1], pb[0], pb[1]
     k = s
-    if lo != ia:
+    if ib < ia:
+        ax, ay, bx, by = pb[0], pb[1], pa[0], pa[1]
         k = -s
+    dx = bx - ax
+    dy = by - ay
     tdx = k * dx  # direction of the edge as this face runs it (inside on the left)
     tdy = k * dy
     tl = 0
@@ -123,148 +94,238 @@ def _edge_value(ax, ay, dx, dy, k, px, py):
 
 
 @ti.func
-def _edge_in(ax, ay, dx, dy, k, tl, px, py) -> ti.i32:
-    e = _edge_value(ax, ay, dx, dy, k, px, py)
+def _inside(e, tl) -> ti.i32:
     return (e > 0) or (e == 0 and tl == 1)
 
 
 @ti.func
-def _ray(minv: ti.template(), px, py):
-    dx = minv[0, 0] * px + minv[0, 1] * py + minv[0, 2]
-    dy = minv[1, 0] * px + minv[1, 1] * py + minv[1, 2]
-    dz = minv[2, 0] * px + minv[2, 1] * py + minv[2, 2]
+def _ray(cam: ti.template(), cm, px, py):
+    dx = cam[cm, 12] * px + cam[cm, 13] * py + cam[cm, 14]
+    dy = cam[cm, 15] * px + cam[cm, 16] * py + cam[cm, 17]
+    dz = cam[cm, 18] * px + cam[cm, 19] * py + cam[cm, 20]
     return dx, dy, dz
 
 
+@ti.func
+def _bounds(p0, p1, p2, H, W):
+    """Pixel rows/columns whose centres the projected face's bounding box contains."""
+    c0 = ti.max(ti.cast(ti.ceil(ti.min(p0[0], p1[0], p2[0])), ti.i32), 0)
+    c1 = ti.min(ti.cast(ti.floor(ti.max(p0[0], p1[0], p2[0])), ti.i32), W - 1)
+    r0 = ti.max(ti.cast(ti.ceil(ti.min(p0[1], p1[1], p2[1])), ti.i32), 0)
+    r1 = ti.min(ti.cast(ti.floor(ti.max(p0[1], p1[1], p2[1])), ti.i32), H - 1)
+    return c0, c1, r0, r1
+
+
+@ti.func
+def _orientation(i0, i1, i2, p0, p1, p2, real: ti.template()):
+    """(s, area2): s = +-1 orients the edge functions so that the inside is positive (0 when
+    the face is seen edge-on); area2 = twice the signed projected area, computed from the
+    canonical edge (i1, i2) so that it equals the sum of the three edge functions."""
+    ax, ay, dx, dy, k, _ = _edge_setup(i1, i2, p1, p2, ti.cast(1, real))
+    area2 = _edge_value(ax, ay, dx, dy, k, p0[0], p0[1])
+    s = ti.cast(1, real)
+    if area2 < 0:
+        s = -s
+    elif area2 == 0:
+        s = ti.cast(0, real)
+    return s, area2
+
+
+@ti.func
+def _fetch(V: ti.template(), proj: ti.template(), ref: ti.template(), i, vs, k, cam: ti.template(), cm,
+           pre: ti.template(), real: ti.template()):
+    """(u, v, w, w - w_ref) of vertex k in instance i: from the projection pass, or projected here.
+
+    The depth relative to the instance's reference point, ``P[2, :3] . (x - c)``, is computed
+    from coordinates relative to c, so it keeps float32 precision where ``w`` itself
+    (hundreds of mm from the source) would lose it."""
+    u = ti.cast(0, real)
+    v = ti.cast(0, real)
+    w = ti.cast(0, real)
+    dw = ti.cast(0, real)
+    if ti.static(pre):
+        u = proj[i, k, 0]
+        v = proj[i, k, 1]
+        w = proj[i, k, 2]
+        dw = proj[i, k, 3]
+    else:
+        u, v, w = _project(V, vs, k, cam, cm, real)
+        dw = _rel_depth(V, vs, k, cam, cm, ref, i, real)
+    return u, v, w, dw
+
+
+@ti.func
+def _rel_depth(V: ti.template(), vs, k, cam: ti.template(), cm, ref: ti.template(), i, real: ti.template()):
+    return (cam[cm, 8] * (ti.cast(V[vs, k, 0], real) - ref[i, 0]) + cam[cm, 9] * (ti.cast(V[vs, k, 1], real) - ref[i, 1])
+            + cam[cm, 10] * (ti.cast(V[vs, k, 2], real) - ref[i, 2]))
+
+
+@ti.func
+def _relative(sd, w0, dl):
+    """Signed depth measured from the reference depth w0 instead of the source (same sign rule)."""
+    out = sd - w0 * dl
+    if sd < 0:
+        out = sd + w0 * dl
+    return out
+
+
 @ti.kernel
-def rasterize_faces(
-    V: ti.types.ndarray(),  # (N, 3) world mm
+def raster_forward(
+    V: ti.types.ndarray(),  # (S, N, 3) vertex sets, world mm
     F: ti.types.ndarray(),  # (M, 3) int32
-    face_mesh: ti.types.ndarray(),  # (M,) int32 mesh id of every face
-    cam: ti.types.ndarray(),  # (3, 4) projection matrix
-    proj: ti.types.ndarray(),  # (N, 3) scratch: u, v, w of every vertex
-    src: ti.types.ndarray(),  # (3,) source position
-    minv: ti.types.ndarray(),  # (3, 3) inverse of P[:, :3]
-    L: ti.types.ndarray(),  # (P, H, W) path lengths, accumulated
-    balance: ti.types.ndarray(),  # (P, H, W) int32, sum of signs (0 when balanced)
-    count: ti.types.ndarray(),  # (H, W) int32, number of covering faces
-    slot_face: ti.types.ndarray(),  # (H, W, K) int32
-    slot_depth: ti.types.ndarray(),  # (H, W, K) signed depths
-    status: ti.types.ndarray(),  # (4 + P,) int32
-    K: ti.i32,
-    store: ti.i32,
+    face_obj: ti.types.ndarray(),  # (M,) int32 object of every face
+    face_ch: ti.types.ndarray(),  # (M, J) int32 channel per weight (-1 = none)
+    face_w: ti.types.ndarray(),  # (M, J) weights
+    face_bal: ti.types.ndarray(),  # (M,) int32 balance-tracking index (-1 = none); read when track != 0
+    inst: ti.types.ndarray(),  # (I, 2) int32: vertex set, camera
+    cam: ti.types.ndarray(),  # (n_cams, CAM_WIDTH)
+    ref: ti.types.ndarray(),  # (I, 4) reference point c (mm) and its depth w0 per instance
+    proj: ti.types.ndarray(),  # (I, N, 4) scratch u, v, w, w - w0; used when pre != 0
+    L: ti.types.ndarray(),  # (I, C, H, W) channel images, accumulated (zero on entry)
+    count: ti.types.ndarray(),  # (I, H, W) int32 covering faces (zero on entry); used when store != 0
+    slot_face: ti.types.ndarray(),  # (I, H, W, K) int32
+    slot_depth: ti.types.ndarray(),  # (I, H, W, K) signed depths
+    balance: ti.types.ndarray(),  # (I, B, H, W) int32 sums of signs (zero on entry); used when track != 0
+    status: ti.types.ndarray(),  # (I, N_STATUS, P) int32 (zero on entry)
+    J: ti.template(),
+    store: ti.template(),
+    track: ti.template(),
+    pre: ti.template(),
     real: ti.template(),
 ):
-    """Project the vertices and rasterize the faces in one launch (a Taichi kernel launch
-    costs ~0.2 ms on the CPU); the top-level loops run in order. L, balance and count must
-    be zero on entry (the caller clears them with memset-speed library calls: a Taichi loop
-    over the image was ~10x slower on the CPU)."""
-    H = L.shape[1]
-    W = L.shape[2]
-    for i in range(status.shape[0]):
-        status[i] = 0
-    for i in range(V.shape[0]):
-        x = ti.cast(V[i, 0], real)
-        y = ti.cast(V[i, 1], real)
-        z = ti.cast(V[i, 2], real)
-        w = cam[2, 0] * x + cam[2, 1] * y + cam[2, 2] * z + cam[2, 3]
-        proj[i, 0] = (cam[0, 0] * x + cam[0, 1] * y + cam[0, 2] * z + cam[0, 3]) / w
-        proj[i, 1] = (cam[1, 0] * x + cam[1, 1] * y + cam[1, 2] * z + cam[1, 3]) / w
-        proj[i, 2] = w
-    for f in range(F.shape[0]):
+    """One launch over (instance, face): project, cull, cover, and accumulate signed depths.
+
+    L, count, balance and status must be zero on entry (the caller clears them with
+    memset-speed library calls). With ``store``, each covering face also takes a slot
+    (face id, signed depth) from the per-pixel counter; slots beyond K are dropped (the
+    caller reads the largest count and grows K). With ``track``, faces whose
+    ``face_bal`` is >= 0 add their sign to that balance image (open meshes). With
+    ``pre``, a first loop projects every vertex once (large meshes: a vertex is shared
+    by ~6 faces); without, each face projects its corners (small meshes: one parallel
+    loop less to dispatch).
+
+    Channels accumulate ``w * sign * (t - w0 |d|)`` rather than ``w * sign * t``, with w0
+    the depth of a reference point near the scene (per instance) and ``t - w0 |d|``
+    interpolated from the vertices' depths relative to it: the signs of a closed surface
+    balance on every ray, so the sums are the same, but the terms are the size of the
+    scene rather than its distance from the source and carry float32 precision relative
+    to that size. Slots keep the absolute signed depth.
+    """
+    H = L.shape[2]
+    W = L.shape[3]
+    K = slot_face.shape[3]
+    if ti.static(pre):
+        for i, k in ti.ndrange(inst.shape[0], V.shape[1]):
+            u, v, w = _project(V, inst[i, 0], k, cam, inst[i, 1], real)
+            proj[i, k, 0] = u
+            proj[i, k, 1] = v
+            proj[i, k, 2] = w
+            proj[i, k, 3] = _rel_depth(V, inst[i, 0], k, cam, inst[i, 1], ref, i, real)
+    for i, f in ti.ndrange(inst.shape[0], F.shape[0]):
+        vs = inst[i, 0]
+        cm = inst[i, 1]
         i0 = F[f, 0]
         i1 = F[f, 1]
         i2 = F[f, 2]
-        state, s, c0, c1, r0, r1 = _setup(i0, i1, i2, proj, H, W, real)
-        if state == 1:
-            ti.atomic_add(status[ST_BEHIND], 1)
-        elif state == 2:
-            ti.atomic_add(status[ST_STRADDLE], 1)
-        elif state == 3:
-            ti.atomic_add(status[ST_EDGE_ON], 1)
-        elif state == 0:
-            # plane of the face in world space: n . x = n . v0
-            ax = ti.cast(V[i0, 0], real)
-            ay = ti.cast(V[i0, 1], real)
-            az = ti.cast(V[i0, 2], real)
-            e1x = ti.cast(V[i1, 0], real) - ax
-            e1y = ti.cast(V[i1, 1], real) - ay
-            e1z = ti.cast(V[i1, 2], real) - az
-            e2x = ti.cast(V[i2, 0], real) - ax
-            e2y = ti.cast(V[i2, 1], real) - ay
-            e2z = ti.cast(V[i2, 2], real) - az
-            nx = e1y * e2z - e1z * e2y
-            ny = e1z * e2x - e1x * e2z
-            nz = e1x * e2y - e1y * e2x
-            num = nx * (ax - src[0]) + ny * (ay - src[1]) + nz * (az - src[2])
-            m = face_mesh[f]
-            ax0, ay0, dx0, dy0, k0, tl0 = _edge_setup(i1, i2, s, proj)
-            ax1, ay1, dx1, dy1, k1, tl1 = _edge_setup(i2, i0, s, proj)
-            ax2, ay2, dx2, dy2, k2, tl2 = _edge_setup(i0, i1, s, proj)
-            for r in range(r0, r1 + 1):
-                py = ti.cast(r, real)
-                for c in range(c0, c1 + 1):
-                    px = ti.cast(c, real)
-                    if (_edge_in(ax0, ay0, dx0, dy0, k0, tl0, px, py) and _edge_in(ax1, ay1, dx1, dy1, k1, tl1, px, py)
-                            and _edge_in(ax2, ay2, dx2, dy2, k2, tl2, px, py)):
-                        dx, dy, dz = _ray(minv, px, py)
-                        nd = nx * dx + ny * dy + nz * dz
-                        depth = num / nd * ti.sqrt(dx * dx + dy * dy + dz * dz)
-                        sg = 1
-                        if nd < 0:
-                            sg = -1
-                            depth = -depth
-                        ti.atomic_add(L[m, r, c], depth)
-                        ti.atomic_add(balance[m, r, c], sg)
-                        k = ti.atomic_add(count[r, c], 1)
-                        if store != 0 and k < K:
-                            slot_face[r, c, k] = f
-                            slot_depth[r, c, k] = depth
-
+        u0, v0, w0, q0 = _fetch(V, proj, ref, i, vs, i0, cam, cm, pre, real)
+        u1, v1, w1, q1 = _fetch(V, proj, ref, i, vs, i1, cam, cm, pre, real)
+        u2, v2, w2, q2 = _fetch(V, proj, ref, i, vs, i2, cam, cm, pre, real)
+        if w0 <= 0 or w1 <= 0 or w2 <= 0:
+            o = face_obj[f]
+            if w0 <= 0 and w1 <= 0 and w2 <= 0:
+                ti.atomic_add(status[i, ST_BEHIND, o], 1)
+            else:
+                ti.atomic_add(status[i, ST_STRADDLE, o], 1)
+        else:
+            p0 = ti.Vector([u0, v0])
+            p1 = ti.Vector([u1, v1])
+            p2 = ti.Vector([u2, v2])
+            c0, c1, r0, r1 = _bounds(p0, p1, p2, H, W)
+            if c0 <= c1 and r0 <= r1:  # most faces of a fine mesh contain no pixel centre
+                s, area2 = _orientation(i0, i1, i2, p0, p1, p2, real)
+                if s != 0:  # seen edge-on: covers nothing
+                    ax0, ay0, dx0, dy0, k0, tl0 = _edge_setup(i1, i2, p1, p2, s)
+                    ax1, ay1, dx1, dy1, k1, tl1 = _edge_setup(i2, i0, p2, p0, s)
+                    ax2, ay2, dx2, dy2, k2, tl2 = _edge_setup(i0, i1, p0, p1, s)
+                    inv_a = 1 / ti.abs(area2)
+                    iw0 = inv_a / w0
+                    iw1 = inv_a / w1
+                    iw2 = inv_a / w2
+                    jw0 = iw0 * q0
+                    jw1 = iw1 * q1
+                    jw2 = iw2 * q2
+                    sg = s * cam[cm, 24]  # +1 where the ray leaves the mesh
+                    for r in range(r0, r1 + 1):
+                        py = ti.cast(r, real)
+                        for c in range(c0, c1 + 1):
+                            px = ti.cast(c, real)
+                            e0 = _edge_value(ax0, ay0, dx0, dy0, k0, px, py)
+                            e1 = _edge_value(ax1, ay1, dx1, dy1, k1, px, py)
+                            e2 = _edge_value(ax2, ay2, dx2, dy2, k2, px, py)
+                            if _inside(e0, tl0) and _inside(e1, tl1) and _inside(e2, tl2):
+                                dx, dy, dz = _ray(cam, cm, px, py)
+                                dl = ti.sqrt(dx * dx + dy * dy + dz * dz)
+                                S = e0 * iw0 + e1 * iw1 + e2 * iw2  # 1 / w
+                                sd = sg * dl / S
+                                sdr = sg * dl * (e0 * jw0 + e1 * jw1 + e2 * jw2) / S  # sign * (w - w0) |d|
+                                for j in ti.static(range(J)):
+                                    ch = face_ch[f, j]
+                                    if ch >= 0:
+                                        ti.atomic_add(L[i, ch, r, c], face_w[f, j] * sdr)
+                                if ti.static(store):
+                                    k = ti.atomic_add(count[i, r, c], 1)
+                                    if k < K:
+                                        slot_face[i, r, c, k] = f
+                                        slot_depth[i, r, c, k] = sd
+                                if ti.static(track):
+                                    b = face_bal[f]
+                                    if b >= 0:
+                                        ti.atomic_add(balance[i, b, r, c], ti.cast(sg, ti.i32))
 
 
 @ti.kernel
 def fill_unbalanced(
-    L: ti.types.ndarray(),  # (P, H, W) path lengths (read)
-    balance: ti.types.ndarray(),  # (P, H, W) int32
-    out: ti.types.ndarray(),  # (P, H, W) corrected path lengths
-    flags: ti.types.ndarray(),  # (P, H, W) uint8: 1 where corrected
+    L: ti.types.ndarray(),  # (I, C, H, W) channel images (read)
+    bad: ti.types.ndarray(),  # (I, H, W) uint8: 1 where unbalanced
+    out: ti.types.ndarray(),  # (I, C, H, W) corrected channel images
     radius: ti.i32,
-    real: ti.template(),
 ):
-    """Replace the path length of unbalanced pixels by the nearest balanced neighbour's.
+    """Replace every channel of unbalanced pixels by the nearest balanced neighbour's.
 
     Neighbours are searched in square rings of growing radius up to ``radius``
     pixels; the first balanced pixel found in the closest ring wins (ties by
     scan order). A pixel with no balanced neighbour within ``radius`` gets 0.
     """
-    P = L.shape[0]
-    H = L.shape[1]
-    W = L.shape[2]
-    for p, r, c in ti.ndrange(P, H, W):
-        if balance[p, r, c] == 0:
-            out[p, r, c] = L[p, r, c]
-            flags[p, r, c] = 0
+    C = L.shape[1]
+    H = L.shape[2]
+    W = L.shape[3]
+    for i, r, c in ti.ndrange(L.shape[0], H, W):
+        if bad[i, r, c] == 0:
+            for ch in range(C):
+                out[i, ch, r, c] = L[i, ch, r, c]
         else:
-            flags[p, r, c] = 1
-            val = ti.cast(0, real)
-            found = 0
+            rr_ = -1
+            cc_ = -1
             for rad in range(1, radius + 1):
-                if found == 0:
+                if rr_ < 0:
                     for dr in range(-rad, rad + 1):
                         for dc in range(-rad, rad + 1):
-                            if found == 0 and (ti.abs(dr) == rad or ti.abs(dc) == rad):
+                            if rr_ < 0 and (ti.abs(dr) == rad or ti.abs(dc) == rad):
                                 rr = r + dr
                                 cc = c + dc
                                 if 0 <= rr < H and 0 <= cc < W:
-                                    if balance[p, rr, cc] == 0:
-                                        val = L[p, rr, cc]
-                                        found = 1
-            out[p, r, c] = val
+                                    if bad[i, rr, cc] == 0:
+                                        rr_ = rr
+                                        cc_ = cc
+            for ch in range(C):
+                if rr_ >= 0:
+                    out[i, ch, r, c] = L[i, ch, rr_, cc_]
+                else:
+                    out[i, ch, r, c] = 0
 
 
 @ti.func
-def _depth_grad(V: ti.template(), F: ti.template(), f, src: ti.template(), dx, dy, dz, g, real: ti.template()):
+def _depth_grad(V: ti.template(), vs, F: ti.template(), f, cam: ti.template(), cm, dx, dy, dz, g, real: ti.template()):
     """g * d(signed depth)/d(vertices of face f) for the ray d, as three 3-vectors.
 
     With the hit point x = s + t d/|d| at barycentric coordinates (b0, b1, b2),
@@ -274,10 +335,10 @@ def _depth_grad(V: ti.template(), F: ti.template(), f, src: ti.template(), dx, d
     i0 = F[f, 0]
     i1 = F[f, 1]
     i2 = F[f, 2]
-    p0 = ti.Vector([V[i0, 0], V[i0, 1], V[i0, 2]], dt=real)
-    p1 = ti.Vector([V[i1, 0], V[i1, 1], V[i1, 2]], dt=real)
-    p2 = ti.Vector([V[i2, 0], V[i2, 1], V[i2, 2]], dt=real)
-    s = ti.Vector([src[0], src[1], src[2]], dt=real)
+    p0 = ti.Vector([V[vs, i0, 0], V[vs, i0, 1], V[vs, i0, 2]], dt=real)
+    p1 = ti.Vector([V[vs, i1, 0], V[vs, i1, 1], V[vs, i1, 2]], dt=real)
+    p2 = ti.Vector([V[vs, i2, 0], V[vs, i2, 1], V[vs, i2, 2]], dt=real)
+    s = ti.Vector([cam[cm, 21], cam[cm, 22], cam[cm, 23]], dt=real)
     d = ti.Vector([dx, dy, dz], dt=real)
     d = d / d.norm()
     n = (p1 - p0).cross(p2 - p0)
@@ -292,128 +353,334 @@ def _depth_grad(V: ti.template(), F: ti.template(), f, src: ti.template(), dx, d
     return scale * b0 * n, scale * b1 * n, scale * b2 * n
 
 
+@ti.func
+def _signed_depth(V: ti.template(), vs, F: ti.template(), f, cam: ti.template(), cm, dx, dy, dz, real: ti.template()):
+    """Signed distance along the ray d from the source to face f's plane (+ where the ray leaves)."""
+    i0 = F[f, 0]
+    p0 = ti.Vector([V[vs, i0, 0], V[vs, i0, 1], V[vs, i0, 2]], dt=real)
+    p1 = ti.Vector([V[vs, F[f, 1], 0], V[vs, F[f, 1], 1], V[vs, F[f, 1], 2]], dt=real)
+    p2 = ti.Vector([V[vs, F[f, 2], 0], V[vs, F[f, 2], 1], V[vs, F[f, 2], 2]], dt=real)
+    s = ti.Vector([cam[cm, 21], cam[cm, 22], cam[cm, 23]], dt=real)
+    d = ti.Vector([dx, dy, dz], dt=real)
+    d = d / d.norm()
+    n = (p1 - p0).cross(p2 - p0)
+    nd = n.dot(d)
+    t = n.dot(p0 - s) / nd
+    if nd < 0:
+        t = -t
+    return t
+
+
 @ti.kernel
-def path_length_backward(
-    V: ti.types.ndarray(),  # (N, 3)
+def raster_backward(
+    V: ti.types.ndarray(),  # (S, N, 3)
     F: ti.types.ndarray(),  # (M, 3) int32
-    face_mesh: ti.types.ndarray(),  # (M,) int32
-    src: ti.types.ndarray(),  # (3,)
-    minv: ti.types.ndarray(),  # (3, 3)
-    count: ti.types.ndarray(),  # (H, W) int32
-    slot_face: ti.types.ndarray(),  # (H, W, K) int32
-    flags: ti.types.ndarray(),  # (P, H, W) int32, nonzero = no gradient
-    grad_L: ti.types.ndarray(),  # (P, H, W)
-    grad_V: ti.types.ndarray(),  # (N, 3), accumulated
+    face_ch: ti.types.ndarray(),  # (M, J) int32
+    face_w: ti.types.ndarray(),  # (M, J)
+    inst: ti.types.ndarray(),  # (I, 2) int32
+    cam: ti.types.ndarray(),  # (n_cams, CAM_WIDTH)
+    ref: ti.types.ndarray(),  # (I, 4) reference point and depth per instance (as in the forward pass)
+    count: ti.types.ndarray(),  # (I, H, W) int32
+    slot_face: ti.types.ndarray(),  # (I, H, W, K) int32
+    slot_depth: ti.types.ndarray(),  # (I, H, W, K)
+    flags: ti.types.ndarray(),  # (I, H, W) uint8, nonzero = no gradient
+    grad_L: ti.types.ndarray(),  # (I, C, H, W)
+    grad_sd: ti.types.ndarray(),  # (I, H, W, K) extra gradient per slot depth; read when with_sd != 0
+    grad_V: ti.types.ndarray(),  # (S, N, 3), accumulated
+    grad_w: ti.types.ndarray(),  # (M, J), accumulated when with_w != 0
+    J: ti.template(),
+    with_sd: ti.template(),
+    with_w: ti.template(),
     real: ti.template(),
 ):
-    """Backward of the path length through the saved slots (pixel-parallel, atomic)."""
-    H = count.shape[0]
-    W = count.shape[1]
-    K = slot_face.shape[2]
-    for r, c in ti.ndrange(H, W):
-        n = ti.min(count[r, c], K)
-        if n > 0:
-            dx, dy, dz = _ray(minv, ti.cast(c, real), ti.cast(r, real))
+    """Backward through the saved slots (pixel-parallel, atomic on vertices).
+
+    For every slot (face f, signed depth sd) of a pixel: g = sum_j face_w[f, j] *
+    grad_L[face_ch[f, j]] (+ grad_sd of the slot), pushed through the exact ray-plane
+    depth to the face's three vertices; optionally grad_w[f, j] += grad_L[ch] * sd.
+    """
+    H = count.shape[1]
+    W = count.shape[2]
+    K = slot_face.shape[3]
+    for i, r, c in ti.ndrange(inst.shape[0], H, W):
+        n = ti.min(count[i, r, c], K)
+        if n > 0 and flags[i, r, c] == 0:
+            vs = inst[i, 0]
+            cm = inst[i, 1]
+            dx, dy, dz = _ray(cam, cm, ti.cast(c, real), ti.cast(r, real))
+            dl = ti.sqrt(dx * dx + dy * dy + dz * dz)
             for k in range(n):
-                f = slot_face[r, c, k]
-                m = face_mesh[f]
-                g = ti.cast(grad_L[m, r, c], real)
-                if flags[m, r, c] == 0 and g != 0:
-                    g0, g1, g2 = _depth_grad(V, F, f, src, dx, dy, dz, g, real)
+                f = slot_face[i, r, c, k]
+                g = ti.cast(0, real)
+                for j in ti.static(range(J)):
+                    ch = face_ch[f, j]
+                    if ch >= 0:
+                        gl = ti.cast(grad_L[i, ch, r, c], real)
+                        g += face_w[f, j] * gl
+                        if ti.static(with_w):
+                            sdr = _relative(ti.cast(slot_depth[i, r, c, k], real), ref[i, 3], dl)
+                            ti.atomic_add(grad_w[f, j], gl * sdr)
+                if ti.static(with_sd):
+                    g += ti.cast(grad_sd[i, r, c, k], real)
+                if g != 0:
+                    g0, g1, g2 = _depth_grad(V, vs, F, f, cam, cm, dx, dy, dz, g, real)
                     for q in ti.static(range(3)):
-                        ti.atomic_add(grad_V[F[f, 0], q], g0[q])
-                        ti.atomic_add(grad_V[F[f, 1], q], g1[q])
-                        ti.atomic_add(grad_V[F[f, 2], q], g2[q])
+                        ti.atomic_add(grad_V[vs, F[f, 0], q], g0[q])
+                        ti.atomic_add(grad_V[vs, F[f, 1], q], g1[q])
+                        ti.atomic_add(grad_V[vs, F[f, 2], q], g2[q])
 
 
 @ti.kernel
-def path_length_backward_faces(
-    V: ti.types.ndarray(),  # (N, 3)
+def raster_backward_faces(
+    V: ti.types.ndarray(),  # (S, N, 3)
     F: ti.types.ndarray(),  # (M, 3) int32
-    face_mesh: ti.types.ndarray(),  # (M,) int32
-    proj: ti.types.ndarray(),  # (N, 3) from project_vertices
-    src: ti.types.ndarray(),  # (3,)
-    minv: ti.types.ndarray(),  # (3, 3)
-    flags: ti.types.ndarray(),  # (P, H, W) int32, nonzero = no gradient
-    grad_L: ti.types.ndarray(),  # (P, H, W)
-    grad_F: ti.types.ndarray(),  # (M, 3, 3): gradient of each face's three corners
+    face_ch: ti.types.ndarray(),  # (M, J) int32
+    face_w: ti.types.ndarray(),  # (M, J)
+    inst: ti.types.ndarray(),  # (I, 2) int32
+    cam: ti.types.ndarray(),  # (n_cams, CAM_WIDTH)
+    ref: ti.types.ndarray(),  # (I, 4) reference point and depth per instance
+    flags: ti.types.ndarray(),  # (I, H, W) uint8, nonzero = no gradient
+    grad_L: ti.types.ndarray(),  # (I, C, H, W)
+    grad_F: ti.types.ndarray(),  # (I, M, 3, 3): gradient of each face's three corners per instance
+    grad_wF: ti.types.ndarray(),  # (I, M, J): gradient of each face's weights per instance; when with_w != 0
+    J: ti.template(),
+    with_w: ti.template(),
     real: ti.template(),
 ):
     """Deterministic backward, face-parallel: every face revisits the pixels it covers
     (the same coverage test as the forward pass) in a fixed order; no atomics."""
-    H = grad_L.shape[1]
-    W = grad_L.shape[2]
-    for f in range(F.shape[0]):
+    H = grad_L.shape[2]
+    W = grad_L.shape[3]
+    for i, f in ti.ndrange(inst.shape[0], F.shape[0]):
+        vs = inst[i, 0]
+        cm = inst[i, 1]
         i0 = F[f, 0]
         i1 = F[f, 1]
         i2 = F[f, 2]
         acc0 = ti.Vector([0, 0, 0], dt=real)
         acc1 = ti.Vector([0, 0, 0], dt=real)
         acc2 = ti.Vector([0, 0, 0], dt=real)
-        state, s, c0, c1, r0, r1 = _setup(i0, i1, i2, proj, H, W, real)
-        if state == 0:
-            m = face_mesh[f]
-            ax0, ay0, dx0, dy0, k0, tl0 = _edge_setup(i1, i2, s, proj)
-            ax1, ay1, dx1, dy1, k1, tl1 = _edge_setup(i2, i0, s, proj)
-            ax2, ay2, dx2, dy2, k2, tl2 = _edge_setup(i0, i1, s, proj)
-            for r in range(r0, r1 + 1):
-                for c in range(c0, c1 + 1):
-                    px = ti.cast(c, real)
-                    py = ti.cast(r, real)
-                    g = ti.cast(grad_L[m, r, c], real)
-                    if flags[m, r, c] == 0 and g != 0 and _edge_in(ax0, ay0, dx0, dy0, k0, tl0, px, py) and _edge_in(
-                            ax1, ay1, dx1, dy1, k1, tl1, px, py) and _edge_in(ax2, ay2, dx2, dy2, k2, tl2, px, py):
-                        dx, dy, dz = _ray(minv, px, py)
-                        g0, g1, g2 = _depth_grad(V, F, f, src, dx, dy, dz, g, real)
-                        acc0 += g0
-                        acc1 += g1
-                        acc2 += g2
+        accw = ti.Vector([ti.cast(0, real) for _ in ti.static(range(J))])
+        u0, v0, w0 = _project(V, vs, i0, cam, cm, real)
+        u1, v1, w1 = _project(V, vs, i1, cam, cm, real)
+        u2, v2, w2 = _project(V, vs, i2, cam, cm, real)
+        if w0 > 0 and w1 > 0 and w2 > 0:
+            p0 = ti.Vector([u0, v0])
+            p1 = ti.Vector([u1, v1])
+            p2 = ti.Vector([u2, v2])
+            c0, c1, r0, r1 = _bounds(p0, p1, p2, H, W)
+            s, area2 = _orientation(i0, i1, i2, p0, p1, p2, real)
+            if c0 <= c1 and r0 <= r1 and s != 0:
+                ax0, ay0, dx0, dy0, k0, tl0 = _edge_setup(i1, i2, p1, p2, s)
+                ax1, ay1, dx1, dy1, k1, tl1 = _edge_setup(i2, i0, p2, p0, s)
+                ax2, ay2, dx2, dy2, k2, tl2 = _edge_setup(i0, i1, p0, p1, s)
+                for r in range(r0, r1 + 1):
+                    for c in range(c0, c1 + 1):
+                        px = ti.cast(c, real)
+                        py = ti.cast(r, real)
+                        g = ti.cast(0, real)
+                        for j in ti.static(range(J)):
+                            ch = face_ch[f, j]
+                            if ch >= 0:
+                                g += face_w[f, j] * ti.cast(grad_L[i, ch, r, c], real)
+                        if (flags[i, r, c] == 0 and g != 0
+                                and _inside(_edge_value(ax0, ay0, dx0, dy0, k0, px, py), tl0)
+                                and _inside(_edge_value(ax1, ay1, dx1, dy1, k1, px, py), tl1)
+                                and _inside(_edge_value(ax2, ay2, dx2, dy2, k2, px, py), tl2)):
+                            dx, dy, dz = _ray(cam, cm, px, py)
+                            g0, g1, g2 = _depth_grad(V, vs, F, f, cam, cm, dx, dy, dz, g, real)
+                            acc0 += g0
+                            acc1 += g1
+                            acc2 += g2
+                            if ti.static(with_w):
+                                sd = _relative(_signed_depth(V, vs, F, f, cam, cm, dx, dy, dz, real), ref[i, 3],
+                                               ti.sqrt(dx * dx + dy * dy + dz * dz))
+                                for j in ti.static(range(J)):
+                                    ch = face_ch[f, j]
+                                    if ch >= 0:
+                                        accw[j] += ti.cast(grad_L[i, ch, r, c], real) * sd
         for q in ti.static(range(3)):
-            grad_F[f, 0, q] = acc0[q]
-            grad_F[f, 1, q] = acc1[q]
-            grad_F[f, 2, q] = acc2[q]
+            grad_F[i, f, 0, q] = acc0[q]
+            grad_F[i, f, 1, q] = acc1[q]
+            grad_F[i, f, 2, q] = acc2[q]
+        if ti.static(with_w):
+            for j in ti.static(range(J)):
+                grad_wF[i, f, j] = accw[j]
 
 
 @ti.kernel
 def gather_vertex_grad(
     ptr: ti.types.ndarray(),  # (N + 1,) int32 CSR offsets into corners
     corners: ti.types.ndarray(),  # (3M,) int32: face * 3 + corner, grouped by vertex in a fixed order
-    grad_F: ti.types.ndarray(),  # (M, 3, 3)
-    grad_V: ti.types.ndarray(),  # (N, 3)
+    inst: ti.types.ndarray(),  # (I, 2) int32
+    grad_F: ti.types.ndarray(),  # (I, M, 3, 3)
+    grad_V: ti.types.ndarray(),  # (S, N, 3), accumulated
 ):
-    """grad_V[v] = sum of its corners' gradients, summed in a fixed order (deterministic)."""
-    for v in range(grad_V.shape[0]):
+    """grad_V[s, v] += sum of its corners' gradients over the instances of vertex set s,
+    summed in a fixed order (deterministic)."""
+    for s, v in ti.ndrange(grad_V.shape[0], grad_V.shape[1]):
         for q in ti.static(range(3)):
-            acc = grad_F[0, 0, 0] * 0
-            for j in range(ptr[v], ptr[v + 1]):
-                k = corners[j]
-                acc += grad_F[k // 3, k % 3, q]
-            grad_V[v, q] = acc
+            acc = grad_F[0, 0, 0, 0] * 0
+            for i in range(inst.shape[0]):
+                if inst[i, 0] == s:
+                    for j in range(ptr[v], ptr[v + 1]):
+                        k = corners[j]
+                        acc += grad_F[i, k // 3, k % 3, q]
+            grad_V[s, v, q] += acc
 
 
 @ti.kernel
 def sum_slots_sorted(
-    count: ti.types.ndarray(),  # (H, W) int32
-    slot_face: ti.types.ndarray(),  # (H, W, K) int32, sorted in place
-    slot_depth: ti.types.ndarray(),  # (H, W, K), sorted in place
-    face_mesh: ti.types.ndarray(),  # (M,) int32
-    L: ti.types.ndarray(),  # (P, H, W), overwritten
+    count: ti.types.ndarray(),  # (I, H, W) int32
+    slot_face: ti.types.ndarray(),  # (I, H, W, K) int32, sorted in place
+    slot_depth: ti.types.ndarray(),  # (I, H, W, K), sorted in place
+    face_ch: ti.types.ndarray(),  # (M, J) int32
+    face_w: ti.types.ndarray(),  # (M, J)
+    inst: ti.types.ndarray(),  # (I, 2) int32
+    cam: ti.types.ndarray(),  # (n_cams, CAM_WIDTH)
+    ref: ti.types.ndarray(),  # (I, 4) reference point and depth per instance
+    L: ti.types.ndarray(),  # (I, C, H, W), overwritten
+    J: ti.template(),
+    real: ti.template(),
 ):
-    """Deterministic path lengths: sort each pixel's slots by face id, then sum in that order."""
-    for r, c in ti.ndrange(count.shape[0], count.shape[1]):
-        n = ti.min(count[r, c], slot_face.shape[2])
-        for i in range(1, n):  # insertion sort (K is small)
-            fi = slot_face[r, c, i]
-            di = slot_depth[r, c, i]
-            j = i - 1
-            while j >= 0 and slot_face[r, c, j] > fi:
-                slot_face[r, c, j + 1] = slot_face[r, c, j]
-                slot_depth[r, c, j + 1] = slot_depth[r, c, j]
-                j -= 1
-            slot_face[r, c, j + 1] = fi
-            slot_depth[r, c, j + 1] = di
-        for p in range(L.shape[0]):
-            L[p, r, c] = 0
-        for i in range(n):
-            m = face_mesh[slot_face[r, c, i]]
-            L[m, r, c] += slot_depth[r, c, i]
+    """Deterministic channel images: sort each pixel's slots by face id, then sum in that order."""
+    for i, r, c in ti.ndrange(count.shape[0], count.shape[1], count.shape[2]):
+        n = ti.min(count[i, r, c], slot_face.shape[3])
+        for a in range(1, n):  # insertion sort (K is small)
+            fa = slot_face[i, r, c, a]
+            da = slot_depth[i, r, c, a]
+            b = a - 1
+            while b >= 0 and slot_face[i, r, c, b] > fa:
+                slot_face[i, r, c, b + 1] = slot_face[i, r, c, b]
+                slot_depth[i, r, c, b + 1] = slot_depth[i, r, c, b]
+                b -= 1
+            slot_face[i, r, c, b + 1] = fa
+            slot_depth[i, r, c, b + 1] = da
+        for ch in range(L.shape[1]):
+            L[i, ch, r, c] = 0
+        dx, dy, dz = _ray(cam, inst[i, 1], ti.cast(c, real), ti.cast(r, real))
+        dl = ti.sqrt(dx * dx + dy * dy + dz * dz)
+        for a in range(n):
+            f = slot_face[i, r, c, a]
+            sdr = _relative(slot_depth[i, r, c, a], ref[i, 3], dl)
+            for j in ti.static(range(J)):
+                ch = face_ch[f, j]
+                if ch >= 0:
+                    L[i, ch, r, c] += face_w[f, j] * sdr
+
+
+MAX_NEST = 32  # deepest nesting the overlap check follows along one ray
+
+
+@ti.kernel
+def check_nesting(
+    count: ti.types.ndarray(),  # (I, H, W) int32
+    slot_face: ti.types.ndarray(),  # (I, H, W, K) int32, sorted in place by depth
+    slot_depth: ti.types.ndarray(),  # (I, H, W, K), sorted in place
+    face_obj: ti.types.ndarray(),  # (M,) int32
+    parent: ti.types.ndarray(),  # (P,) int32, -1 = top level
+    level: ti.types.ndarray(),  # (P,) int32 depth in the object tree (top level = 0)
+    conflicts: ti.types.ndarray(),  # (P, P) int32, accumulated: [a, b] pixels where a conflicts with b
+    tol: ti.f64,
+):
+    """Walk each ray's crossings in depth order and find objects that break the nesting.
+
+    Along a ray the objects the ray is inside must form a chain of the object tree
+    (each the parent of the next). Entering object o is valid when the innermost open
+    object is o's parent (or nothing is open and o is top level). Otherwise
+    ``conflicts[o, b] += 1`` with b = o when o is already open (o overlaps itself:
+    intersecting parts), b = parent(o) when o's parent is not open (o extends outside
+    its parent), else b = the innermost open object (o overlaps b). Leaving o while an
+    object x inside it is still open gives ``conflicts[x, o]`` (x reaches beyond o).
+    Each pair counts once per pixel (consecutive repeats are merged). Crossings closer
+    than ``tol`` mm are ordered as touching surfaces should be: an object is left before
+    another is entered, outer objects are entered first and left last (the crossings of
+    one object keep their exact order: thin chords and creases).
+    """
+    K = slot_face.shape[3]
+    for i, r, c in ti.ndrange(count.shape[0], count.shape[1], count.shape[2]):
+        n = ti.min(count[i, r, c], K)
+        # insertion sort by (depth, rule for touching surfaces)
+        for a in range(1, n):
+            fa = slot_face[i, r, c, a]
+            da = slot_depth[i, r, c, a]
+            b = a - 1
+            moving = 1
+            while b >= 0 and moving == 1:
+                db = slot_depth[i, r, c, b]
+                ta = ti.abs(da)
+                tb = ti.abs(db)
+                before = 0  # does a come before b?
+                if ta < tb - tol:
+                    before = 1
+                elif ta <= tb + tol:
+                    oa = face_obj[fa]
+                    ob = face_obj[slot_face[i, r, c, b]]
+                    la = level[oa]
+                    lb = level[ob]
+                    ea = da < 0  # a is an entry
+                    eb = db < 0
+                    if ea != eb:
+                        if oa == ob:
+                            before = ta < tb  # one object (thin chord or crease): its own depth order
+                        else:
+                            before = eb and not ea  # touching objects: one is left before the next is entered
+                    elif ea:
+                        before = la < lb  # entries: outer first
+                    else:
+                        before = la > lb  # exits: inner first
+                if before == 1:
+                    slot_face[i, r, c, b + 1] = slot_face[i, r, c, b]
+                    slot_depth[i, r, c, b + 1] = db
+                    b -= 1
+                else:
+                    moving = 0
+            slot_face[i, r, c, b + 1] = fa
+            slot_depth[i, r, c, b + 1] = da
+        stack = ti.Vector.zero(ti.i32, MAX_NEST)
+        top = 0
+        last_a = -1
+        last_b = -1
+        for a in range(n):
+            o = face_obj[slot_face[i, r, c, a]]
+            if slot_depth[i, r, c, a] < 0:  # entry
+                inner = -1
+                if top > 0:
+                    inner = stack[top - 1]
+                if inner != parent[o]:
+                    self_open = 0
+                    par_open = 0
+                    for q in range(top):
+                        if stack[q] == o:
+                            self_open = 1
+                        if stack[q] == parent[o]:
+                            par_open = 1
+                    bad = inner
+                    if self_open == 1:
+                        bad = o
+                    elif parent[o] >= 0 and par_open == 0:
+                        bad = parent[o]
+                    if not (bad == last_b and o == last_a):
+                        ti.atomic_add(conflicts[o, bad], 1)
+                        last_a = o
+                        last_b = bad
+                if top < MAX_NEST:
+                    stack[top] = o
+                    top += 1
+            else:  # exit: remove the innermost occurrence of o
+                pos = -1
+                for q in range(top):
+                    if stack[q] == o:
+                        pos = q
+                if pos >= 0 and pos != top - 1:
+                    # o is left while something inside it is still open: that object reaches
+                    # beyond o (beyond its parent when o is its parent)
+                    inner = stack[top - 1]
+                    if not (o == last_b and inner == last_a):
+                        ti.atomic_add(conflicts[inner, o], 1)
+                        last_a = inner
+                        last_b = o
+                if pos >= 0:
+                    for q in range(pos, top - 1):
+                        stack[q] = stack[q + 1]
+                    top -= 1

@@ -1,3 +1,3 @@
 """PyTorch bridge: differentiable path lengths and X-ray images of meshes."""
-from .function import PathLengthFunction, path_lengths
+from .function import PipelineFunction, path_lengths
 from .renderer import XRayRenderer

@@ -1,13 +1,22 @@
-"""torch autograd Function for the path-length rasterizer.
+"""torch autograd Functions over the :class:`~taichi_xray.pipeline.Pipeline`.
 
-The forward pass runs :func:`taichi_xray.rasterize` and keeps its K-slot
-buffers (face id per slot, per pixel); the backward pass is the hand-written
-kernel :func:`taichi_xray.kernels.raster.path_length_backward`:
-``dC/dv_i = sum over slots of dC/dL * b_i * n / |n . d|`` (the paper's
+:class:`PipelineFunction` runs the pipeline's Taichi kernels forward and, in
+its backward, the same kernels' gradients: Taichi's reverse-mode autodiff of
+the Beer-Lambert kernel (``beer_lambert.grad``) and the hand-written
+path-length backward over the saved K slots,
+``dC/dv_i = sum over slots of dC/dL * w_f * b_i * n / |n . d|`` (the paper's
 ``dC/dz = dC/dL * sign`` pushed through the exact ray-plane depth; ``b_i``
-are the barycentric coordinates of the hit point, ``n`` the face normal and
-``d`` the unit ray). Taichi autodiff is not used here: the forward kernel
-hands out slots with an atomic counter, which autodiff cannot replay.
+are the barycentric coordinates of the hit point, ``n`` the face normal,
+``d`` the unit ray, ``w_f`` the face's channel weight). Taichi autodiff is
+not used for the rasterizer itself: its forward kernel hands out slots with an
+atomic counter, which autodiff cannot replay.
+
+Inputs are kept with ``ctx.save_for_backward``, so changing the vertices in
+place between forward and backward raises as everywhere in torch; the
+backward is ``@once_differentiable``. The slot buffers are pooled between
+calls; if a later forward has overwritten them before this backward runs,
+the backward re-rasterizes the saved vertices first (correct, one forward
+slower).
 
 Only the depths are differentiated: which faces cover a pixel is piecewise
 constant in the vertices, so moving a silhouette edge across a pixel centre
@@ -19,96 +28,120 @@ zero gradient.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from collections import OrderedDict
 
-import taichi as ti
+import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 from .. import runtime
 from ..camera import Camera
-from ..kernels import raster as kr
-from ..rasterize import _camera_tensors, rasterize
+from ..kernels import physics as kp
 
-__all__ = ["path_lengths", "PathLengthFunction"]
-
-_REAL = {torch.float32: ti.f32, torch.float64: ti.f64}
+__all__ = ["path_lengths", "PipelineFunction"]
 
 
-@dataclass(frozen=True)
-class _Spec:
-    faces: tuple
-    camera: Camera
-    K: int | None
-    keep_slots: bool
-    deterministic: bool = False
+class PipelineFunction(torch.autograd.Function):
+    """``out = PipelineFunction.apply(pipeline, V (S, N, 3), mu_scale (P,) or None)``.
 
-
-class PathLengthFunction(torch.autograd.Function):
-    """``L = PathLengthFunction.apply(spec, *vertices)`` -> (P, H, W); see :func:`path_lengths`."""
+    Returns the intensity (B, I, H, W) of a pipeline with materials, or the channel
+    images (I, C, H, W) of a path-length pipeline.
+    """
 
     @staticmethod
-    def forward(ctx, spec: _Spec, *vertices):
-        r = rasterize(list(zip(vertices, spec.faces)), spec.camera, K=spec.K, keep_slots=spec.keep_slots,
-                      dtype=vertices[0].dtype, deterministic=spec.deterministic)
-        ctx.raster = r
-        ctx.deterministic = spec.deterministic
-        ctx.out_device = vertices[0].device
-        return r.L.to(vertices[0].device)
-
-    @staticmethod
-    def backward(ctx, grad_L):
-        r = ctx.raster
-        if r.K == 0:
-            raise RuntimeError("path lengths were computed without slots (under no_grad?) and cannot be differentiated")
-        dtype = r.vertices.dtype
-        device = r.vertices.device
-        cam = r.camera
-        grad_V = torch.zeros_like(r.vertices)
-        g = grad_L.detach().to(device=device, dtype=dtype).contiguous()
-        P, minv, src = _camera_tensors(cam, dtype, device)  # cached on the camera: no copy per call
-        flags = r.flags.to(torch.int32).contiguous()
-        real = _REAL[dtype]
-        if ctx.deterministic:
-            proj = torch.empty_like(r.vertices)
-            kr.project_vertices(r.vertices, P, proj, real)
-            grad_F = torch.empty((len(r.faces), 3, 3), dtype=dtype, device=device)
-            kr.path_length_backward_faces(r.vertices, r.faces, r.face_mesh, proj, src, minv, flags, g, grad_F, real)
-            ptr, corners = _vertex_corners(r.faces, len(r.vertices))
-            kr.gather_vertex_grad(ptr, corners, grad_F, grad_V)
+    def forward(ctx, pipe, V, mu_scale):
+        need_v = ctx.needs_input_grad[1]
+        need_mu = mu_scale is not None and ctx.needs_input_grad[2]
+        if mu_scale is not None:
+            pipe.set_object_weights(mu_scale=mu_scale.detach().cpu().numpy())
+        Vd = V.detach()
+        st = pipe.project(Vd, keep_slots=need_v or need_mu, tag="torch")
+        rz = pipe.rasterizer(V.dtype)
+        if pipe.mode == "objects":
+            out = st.L.clone()
         else:
-            kr.path_length_backward(r.vertices, r.faces, r.face_mesh, src, minv, r.count, r.slot_face, flags, g,
-                                    grad_V, real)
-        off = r.vertex_offsets
-        grads = [grad_V[off[p]:off[p + 1]].to(ctx.out_device) for p in range(len(off) - 1)]
-        return (None, *grads)
+            out = pipe.physics(st.L)
+        ctx.pipe = pipe
+        ctx.state = st
+        ctx.gen = rz.generation("torch")
+        ctx.need_mu = need_mu
+        ctx.save_for_backward(V, mu_scale if mu_scale is not None else torch.empty(0))
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        V, mu_scale = ctx.saved_tensors  # raises if V was modified in place since the forward
+        pipe = ctx.pipe
+        rz = pipe.rasterizer(V.dtype)
+        st = ctx.state
+        if mu_scale.numel():
+            pipe.set_object_weights(mu_scale=mu_scale.detach().cpu().numpy())
+        if rz.generation("torch") != ctx.gen or st.K == 0:
+            # the pooled buffers were overwritten by a later forward: rasterize again
+            st = pipe.project(V.detach(), keep_slots=True, tag="recompute")
+        if pipe.mode == "objects":
+            gL = grad_out.contiguous()
+        else:
+            gL = _beer_lambert_grad(pipe, st.L, grad_out)
+        gV, gw = rz.backward(st, gL, want_w=ctx.need_mu)
+        g_mu = _mu_scale_grad(pipe, gw) if ctx.need_mu else None
+        if g_mu is not None:
+            g_mu = g_mu.to(dtype=mu_scale.dtype, device=mu_scale.device)
+        return None, gV.to(V.device), g_mu
 
 
-def _vertex_corners(F: torch.Tensor, n_vertices: int):
-    """CSR of face corners grouped by vertex, in a fixed (stable-sorted) order."""
-    flat = F.reshape(-1).long()
-    corners = torch.argsort(flat, stable=True)
-    counts = torch.bincount(flat, minlength=n_vertices)
-    ptr = torch.zeros(n_vertices + 1, dtype=torch.int64, device=F.device)
-    ptr[1:] = torch.cumsum(counts, 0)
-    return ptr.to(torch.int32).contiguous(), corners.to(torch.int32).contiguous()
+def _beer_lambert_grad(pipe, L: torch.Tensor, grad_I: torch.Tensor) -> torch.Tensor:
+    """dC/dL (I, C, H, W) from dC/dI (B, I, H, W): Taichi's autodiff of the forward kernel."""
+    mu, w, _ = pipe.physics_tables(pipe.physics_dtype or L.dtype, L.device)
+    bufs = pipe.__dict__.setdefault("_grad_bufs", {})
+
+    def buf(name, like):
+        t = bufs.get(name)
+        if t is None or t.shape != like.shape or t.dtype != like.dtype or t.device != like.device:
+            t = torch.zeros_like(like)
+            bufs[name] = t
+        return t
+
+    gL = buf("gL", L)
+    gL.zero_()
+    gI = buf("gI", grad_I)
+    gI.copy_(grad_I)
+    Lg = L.detach().requires_grad_(True)
+    Lg.grad = gL
+    Ig = buf("I", grad_I).detach().requires_grad_(True)
+    Ig.grad = gI
+    pipe._launch("bl_grad", kp.beer_lambert, Lg, mu, w, Ig, pipe.n_channels, int(w.shape[0]), 0, grad=True)
+    return gL
 
 
-def _check_vertices(vertices: Sequence[torch.Tensor]) -> None:
-    if len(vertices) == 0:
-        raise ValueError("no vertex tensors given")
-    dt = vertices[0].dtype
-    for i, v in enumerate(vertices):
-        if not isinstance(v, torch.Tensor):
-            raise TypeError(f"vertices[{i}] must be a torch tensor, got {type(v).__name__}")
-        if v.ndim != 2 or v.shape[1] != 3:
-            raise ValueError(f"vertices[{i}] must have shape (N, 3), got {tuple(v.shape)}")
-        if v.dtype not in _REAL:
-            raise TypeError(f"vertices[{i}] must be float32 or float64, got {v.dtype}")
-        if v.dtype != dt:
-            raise TypeError(f"all vertex tensors must share one dtype; vertices[{i}] is {v.dtype}, vertices[0] is {dt}")
-        if not v.is_contiguous():
-            raise ValueError(f"vertices[{i}] is not contiguous; pass vertices[{i}].contiguous()")
+def _mu_scale_grad(pipe, gw: torch.Tensor) -> torch.Tensor:
+    """dC/d(mu_scale) (P,) from the gradient of the face weights (M, J)."""
+    P = pipe.n_objects
+    fo = torch.as_tensor(pipe.face_obj, device=gw.device).long()
+    G = torch.zeros((P, gw.shape[1]), dtype=gw.dtype, device=gw.device).index_add_(0, fo, gw)
+    ch, _ = pipe.object_weights()
+    g = torch.zeros(P, dtype=gw.dtype, device=gw.device)
+    for q in range(P):
+        if not pipe.visible[q]:
+            continue
+        p = pipe.parents[q]
+        while p >= 0 and not pipe.visible[p]:
+            p = pipe.parents[p]
+        merged = p >= 0 and pipe.obj_channel[q] == pipe.obj_channel[p]
+        if ch[q, 0] >= 0 or merged:
+            g[q] += G[q, 0]
+        if p >= 0:
+            g[p] -= G[q, 0] if merged else G[q, 1]
+    return g
+
+
+# ----------------------------------------------------------------------------------------
+_PIPES: "OrderedDict" = OrderedDict()
+
+
+def _faces_key(faces):
+    return tuple((id(f), tuple(np.shape(f))) for f in faces)
 
 
 def path_lengths(vertices, faces, camera: Camera, K: int | None = None, deterministic: bool = False) -> torch.Tensor:
@@ -127,16 +160,57 @@ def path_lengths(vertices, faces, camera: Camera, K: int | None = None, determin
     -------
     L : tensor (P, H, W) on the device of ``vertices[0]``; differentiable with
         respect to every vertex tensor that requires grad.
+
+    The faces are checked (closure, orientation by signed volume with the first
+    vertices) and uploaded once per faces object; the pipeline is cached.
     """
+    from ..pipeline import Pipeline
+
     if isinstance(vertices, torch.Tensor):
         vertices = [vertices]
         faces = [faces]
     vertices = list(vertices)
-    faces = tuple(faces)
+    faces = list(faces)
     if len(faces) != len(vertices):
         raise ValueError(f"{len(vertices)} vertex tensors but {len(faces)} face arrays")
     _check_vertices(vertices)
+    if not isinstance(camera, Camera):
+        raise TypeError(f"camera must be a taichi_xray.Camera, got {type(camera).__name__}")
     runtime.ensure_init()
-    need_grad = torch.is_grad_enabled() and any(v.requires_grad for v in vertices)
-    spec = _Spec(faces, camera, K, keep_slots=need_grad, deterministic=deterministic)
-    return PathLengthFunction.apply(spec, *vertices)
+    key = (_faces_key(faces), id(camera), K, bool(deterministic))
+    entry = _PIPES.get(key)
+    if entry is not None and not all(_same(a, b) for a, b in zip(entry[1], faces)):
+        entry = None
+    if entry is None:
+        pipe = Pipeline([f for f in faces], camera, K=K, deterministic=deterministic, output="path_length",
+                        names=[f"meshes[{p}]" for p in range(len(faces))])
+        entry = (pipe, [np.array(f.detach().cpu() if isinstance(f, torch.Tensor) else f, copy=True) for f in faces],
+                 faces, camera)
+        _PIPES[key] = entry
+        while len(_PIPES) > 16:
+            _PIPES.popitem(last=False)
+    _PIPES.move_to_end(key)
+    L = entry[0].render_torch(vertices)
+    return L[0].to(vertices[0].device)
+
+
+def _same(a: np.ndarray, f) -> bool:
+    b = f.detach().cpu().numpy() if isinstance(f, torch.Tensor) else np.asarray(f)
+    return a.shape == b.shape and np.array_equal(a, b)
+
+
+def _check_vertices(vertices) -> None:
+    if len(vertices) == 0:
+        raise ValueError("no vertex tensors given")
+    dt = vertices[0].dtype if isinstance(vertices[0], torch.Tensor) else None
+    for i, v in enumerate(vertices):
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"vertices[{i}] must be a torch tensor, got {type(v).__name__}")
+        if v.ndim != 2 or v.shape[1] != 3:
+            raise ValueError(f"vertices[{i}] must have shape (N, 3), got {tuple(v.shape)}")
+        if v.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"vertices[{i}] must be float32 or float64, got {v.dtype}")
+        if v.dtype != dt:
+            raise TypeError(f"all vertex tensors must share one dtype; vertices[{i}] is {v.dtype}, vertices[0] is {dt}")
+        if not v.is_contiguous():
+            raise ValueError(f"vertices[{i}] is not contiguous; pass vertices[{i}].contiguous()")

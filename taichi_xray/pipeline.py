@@ -1,0 +1,634 @@
+"""The one rendering pipeline: objects -> per-material path lengths -> physics -> image.
+
+:class:`Pipeline` is what the ``render`` command, the viewer, the torch module
+(:class:`~taichi_xray.torch.XRayRenderer`) and registration all use; no stage
+is written twice.
+
+Stages
+------
+1. **Projection** (:class:`~taichi_xray.rasterize.Rasterizer`): every face
+   adds its signed depth, times a weight, to one or two *channels*. In
+   ``channels="materials"`` mode a face of object ``q`` (material ``m_q``) whose
+   parent is ``p`` carries ``(m_q, +s_q)`` and ``(m_p, -s_p)`` (``s`` = each
+   object's attenuation scale, 1 by default; a top-level object's outside is
+   the air channel when ``air=True``, else nothing), so channel ``m`` holds
+   the exclusive path length of material ``m``: the cost of a scene follows
+   its faces and its number of materials, not its number of objects. Faces
+   whose two sides are the same material and scale carry nothing and are
+   skipped. In ``channels="objects"`` mode channel ``p`` is object ``p``'s own
+   path length (the torch bridge's ``path_lengths``).
+2. **Air**: with ``air=True`` the air channel gets the source-to-pixel ray
+   length (minus the top-level objects, through their faces' weights).
+3. **Physics** (:mod:`taichi_xray.kernels.physics`): polychromatic
+   Beer-Lambert ``I = sum_E w(E) exp(-sum_m mu_m(E) L_m)`` with
+   ``w = photons x detector response``; ``I0 = sum_E w(E)``.
+4. **Output**: intensity, transmission ``I / I0`` or line integral
+   ``-ln(I / I0)``.
+
+Nesting is checked from the K-slot depth intervals the first time a geometry
+is rendered (:meth:`Pipeline.check_nesting`): an object outside its declared
+parent, or overlapping another object without being nested in it, raises
+:class:`NestingError` naming both objects and the pixel count (``overlap=
+"warn"`` reports it, ``overlap="allow"`` lets overlapping objects add up).
+
+Gradients
+---------
+The differentiable path (:meth:`Pipeline.render_torch`, used by the torch
+module) runs the same kernels: Beer-Lambert's backward is Taichi's autodiff
+of the forward kernel, and the path-length backward is the hand-written
+z-buffer gradient (the paper's dC/dz = dC/dL * sign through the exact
+ray-plane depth) over the saved slots. :meth:`Pipeline.taichi_forward` runs
+the forward inside a ``ti.ad.Tape`` with the rasterizer registered through
+``ti.ad.grad_replaced`` / ``ti.ad.grad_for``, so a forward written entirely
+in Taichi (pose, rasterization, Beer-Lambert, a loss) is differentiated by
+Taichi alone.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import taichi as ti
+import torch
+
+from . import runtime
+from .camera import Camera
+from .kernels import physics as kp
+from .kernels.launch import LaunchCache
+from .mesh import Mesh, MeshWarning
+from .physics.detector import Detector
+from .physics.materials import Material, get_material
+from .physics.spectra import Spectrum
+from .rasterize import Rasterizer, RasterState, prepare_mesh
+
+__all__ = ["Pipeline", "NestingError", "NestingWarning", "NESTING_TOL_MM", "OUTPUTS", "material_key"]
+
+NESTING_TOL_MM = 0.05  # surfaces closer than this along a ray count as touching
+OUTPUTS = ("line_integral", "transmission", "intensity", "path_length")
+
+
+class NestingError(ValueError):
+    """Objects break their declared nesting (outside their parent, or overlapping)."""
+
+
+class NestingWarning(UserWarning):
+    """Same as :class:`NestingError`, reported as a warning (``overlap="warn"``)."""
+
+
+def material_key(m: Material):
+    """Materials with the same key share a channel (name, density and composition)."""
+    return (m.name, round(m.density, 9), tuple(sorted((k, round(v, 12)) for k, v in m.composition.items())))
+
+
+def _sync():
+    ti.sync()
+    if runtime.arch() == "cuda" and torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class Pipeline:
+    """Render P nested objects seen by V cameras.
+
+    Parameters
+    ----------
+    meshes : P items, each a :class:`Mesh`, a ``(vertices, faces)`` pair, or a faces
+        array (M_p, 3) alone (then vertices are given to every render call).
+    cameras : a Camera or a sequence of cameras of one detector size.
+    materials : P material specs (see :func:`taichi_xray.physics.get_material`), or None
+        for a path-length-only pipeline (``channels="objects"``).
+    parents : P parent indices (-1 = top level). names : P names (messages).
+    spectrum : :class:`Spectrum` (default monochromatic 60 keV). detector : :class:`Detector`
+        or None (ideal photon counter).
+    air : attenuate by the air between source and detector (needs cameras with pixel_spacing).
+    output : "line_integral" | "transmission" | "intensity" | "path_length".
+    dtype : torch.float32 or torch.float64, the precision of the projection (and of the
+        physics unless ``physics_dtype`` is given).
+    physics_dtype : precision of Beer-Lambert and the output (default: ``dtype``).
+    K : slot capacity (None = grow as needed, never shrinks).
+    deterministic : bitwise reproducible images and gradients (slower).
+    overlap : "raise" | "warn" | "allow" for objects that break their nesting.
+    check_nesting : "once" (first render of a geometry) | "always" | "never".
+    """
+
+    def __init__(self, meshes, cameras, *, materials=None, parents=None, names=None, spectrum=None,
+                 detector=None, air: bool = False, output: str = "line_integral", dtype=torch.float32,
+                 K: int | None = None, deterministic: bool = False, overlap: str = "raise",
+                 nesting_tol_mm: float = NESTING_TOL_MM, check_nesting: str = "once", label: str | None = None,
+                 physics_dtype=None):
+        runtime.ensure_init()
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        if overlap not in ("raise", "warn", "allow"):
+            raise ValueError(f"overlap must be 'raise', 'warn' or 'allow', got {overlap!r}")
+        if check_nesting not in ("once", "always", "never"):
+            raise ValueError(f"check_nesting must be 'once', 'always' or 'never', got {check_nesting!r}")
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        meshes = list(meshes)
+        P = len(meshes)
+        if P == 0:
+            raise ValueError("no meshes given")
+        self.names = list(names) if names is not None else [
+            (m.name if isinstance(m, Mesh) and m.name else f"object {p}") for p, m in enumerate(meshes)]
+        if len(self.names) != P:
+            raise ValueError(f"{len(self.names)} names for {P} meshes")
+        self.parents = [-1] * P if parents is None else [int(q) for q in parents]
+        _check_parents(self.parents, P)
+        self.label = label or "<pipeline>"
+        self.output = output
+        self.dtype = dtype
+        self.physics_dtype = physics_dtype
+        if physics_dtype not in (None, torch.float32, torch.float64):
+            raise TypeError(f"physics_dtype must be torch.float32 or torch.float64, got {physics_dtype}")
+        self.K = K
+        self.deterministic = bool(deterministic)
+        self.overlap = overlap
+        self.nesting_tol_mm = float(nesting_tol_mm)
+        self.check_nesting_mode = check_nesting
+        self.air = bool(air)
+        self.mode = "objects" if (materials is None or output == "path_length") else "materials"
+        if self.mode == "materials" and len(materials) != P:
+            raise ValueError(f"{len(materials)} materials for {P} meshes")
+        self._geometry(meshes)
+        self.materials = [get_material(m) for m in materials] if materials is not None else None
+        self._channels()
+        self.visible = np.ones(P, bool)
+        self.mu_scale = np.ones(P)
+        self.spectrum = spectrum if spectrum is not None else Spectrum.monochromatic(60.0)
+        self.detector = detector
+        self._rz: dict = {}
+        self._phys: dict = {}
+        self._launch = LaunchCache()
+        self._checked = False
+        self.nesting_messages: list[str] = []
+        self.timings: dict = {}
+        self.set_cameras(cameras)
+
+    # ------------------------------------------------------------------ setup
+    def _geometry(self, meshes):
+        """Concatenate the objects: global faces, face -> object, vertex offsets, default vertices."""
+        Fs, Vs, voff, self.open_objects, self._pending = [], [], [0], [], []
+        for p, m in enumerate(meshes):
+            if isinstance(m, Mesh) or (isinstance(m, tuple) and len(m) == 2):
+                V, F, closed = prepare_mesh(m, self.names[p], stacklevel=4)
+                Vs.append(V)
+                if not closed:
+                    self.open_objects.append(p)
+            else:  # faces only: checked against the first vertices rendered
+                F = np.asarray(m.detach().cpu().numpy() if isinstance(m, torch.Tensor) else
+                               (m.faces if hasattr(m, "faces") else m))
+                if F.ndim != 2 or F.shape[1] != 3 or not np.issubdtype(F.dtype, np.integer) or len(F) == 0:
+                    raise ValueError(f"{self.names[p]}: faces must be a non-empty integer array (M, 3), got "
+                                     f"{F.dtype} {F.shape}")
+                n = int(F.max()) + 1
+                if F.min() < 0:
+                    raise ValueError(f"{self.names[p]}: negative face indices")
+                F = np.ascontiguousarray(F, np.int32)
+                Vs.append(None)
+                self._pending.append(p)
+                V = np.zeros((n, 3))
+            Fs.append(F)
+            voff.append(voff[-1] + len(V))
+        self.vertex_offsets = np.asarray(voff, np.int64)
+        self._faces_local = Fs
+        self.faces = np.concatenate([F + voff[p] for p, F in enumerate(Fs)]).astype(np.int32)
+        self.face_obj = np.concatenate([np.full(len(F), p, np.int32) for p, F in enumerate(Fs)])
+        self.n_vertices = int(voff[-1])
+        self.default_vertices = None if self._pending else np.concatenate(Vs)
+
+    def _check_pending(self, V: torch.Tensor):
+        """Faces given alone: check their orientation (signed volume) and closure once, with
+        the first vertices rendered; inward closed meshes are reversed with a warning."""
+        if not self._pending:
+            return
+        Vn = V[0].detach().cpu().numpy().astype(np.float64)
+        changed = False
+        for p in self._pending:
+            a, b = self.vertex_offsets[p], self.vertex_offsets[p + 1]
+            F0 = self._faces_local[p]
+            _, F, closed = prepare_mesh((Vn[a:b], F0), self.names[p], stacklevel=6)
+            if not closed:
+                self.open_objects.append(p)
+            if not np.array_equal(F, F0):
+                self._faces_local[p] = F
+                changed = True
+        self._pending = []
+        if changed:
+            self.faces = np.concatenate([F + self.vertex_offsets[p] for p, F in enumerate(self._faces_local)]
+                                        ).astype(np.int32)
+        self._rz.clear()
+
+    def _channels(self):
+        P = len(self.names)
+        if self.mode == "objects":
+            self.channel_names = list(self.names)
+            self.channel_materials = None
+            self.obj_channel = np.arange(P)
+            self.air_channel = None
+            return
+        keys, mats, obj_ch = {}, [], []
+        for m in self.materials:
+            k = material_key(m)
+            if k not in keys:
+                keys[k] = len(mats)
+                mats.append(m)
+            obj_ch.append(keys[k])
+        self.air_channel = None
+        if self.air:
+            air = get_material("air")
+            k = material_key(air)
+            if k not in keys:
+                keys[k] = len(mats)
+                mats.append(air)
+            self.air_channel = keys[k]
+        self.channel_materials = mats
+        self.channel_names = [m.name for m in mats]
+        self.obj_channel = np.asarray(obj_ch)
+
+    @classmethod
+    def from_scene(cls, scene, cameras=None, spectrum=None, **kw) -> "Pipeline":
+        """The pipeline of a :class:`~taichi_xray.scene.Scene` (its meshes, materials, parents,
+        camera, spectrum, detector and ``[output]``); ``cameras``/``spectrum`` replace the scene's."""
+        out = scene.output
+        kw.setdefault("air", out.air)
+        kw.setdefault("output", out.kind)
+        kw.setdefault("label", scene.label)
+        return cls(scene.meshes, cameras if cameras is not None else scene.camera,
+                   materials=[o.material for o in scene.objects], parents=scene.parents, names=scene.names,
+                   spectrum=scene.spectrum if spectrum is None else spectrum, detector=scene.detector, **kw)
+
+    # ------------------------------------------------------------------ configuration
+    @property
+    def n_objects(self) -> int:
+        return len(self.names)
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.channel_names)
+
+    def set_cameras(self, cameras, instances=None) -> None:
+        """Cameras (one detector size) and optionally (vertex set, camera) instances."""
+        cams = [cameras] if isinstance(cameras, Camera) else list(cameras)
+        if not cams or not all(isinstance(c, Camera) for c in cams):
+            raise TypeError("cameras must be a Camera or a non-empty sequence of Camera objects")
+        if len({(c.height, c.width) for c in cams}) != 1:
+            raise ValueError("all cameras must have the same detector size")
+        if self.air and any(c.pixel_spacing is None for c in cams):
+            raise ValueError("air=True needs cameras with pixel_spacing (the detector's distance)")
+        if self.default_vertices is not None:
+            cams = [_front_facing(c, self.default_vertices) for c in cams]
+        self.cameras = cams
+        self.instances = instances
+        self._ray = {}
+        for rz in self._rz.values():
+            rz.set_cameras(cams, instances)
+
+    def set_instances(self, instances) -> None:
+        if instances is None and self.instances is None:
+            return
+        if instances is not None and self.instances is not None and np.array_equal(instances, self.instances):
+            return
+        self.instances = None if instances is None else np.asarray(instances, np.int32)
+        for rz in self._rz.values():
+            rz.set_cameras(self.cameras, self.instances)
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        return self.cameras[0].height, self.cameras[0].width
+
+    def set_spectrum(self, spectrum: Spectrum) -> None:
+        self.spectrum = spectrum
+        self._phys.clear()
+
+    def set_detector(self, detector: Detector | None) -> None:
+        self.detector = detector
+        self._phys.clear()
+
+    def set_object_weights(self, visible=None, mu_scale=None) -> None:
+        """Per object: visibility (a hidden object's volume takes its nearest visible
+        ancestor's material, or air/nothing) and a factor on its attenuation."""
+        P = self.n_objects
+        if visible is not None:
+            v = np.asarray(visible, bool)
+            if v.shape != (P,):
+                raise ValueError(f"visible needs {P} entries, got {v.shape}")
+            self.visible = v
+        if mu_scale is not None:
+            s = np.asarray(mu_scale.detach().cpu() if isinstance(mu_scale, torch.Tensor) else mu_scale, np.float64)
+            if s.shape != (P,) or not np.isfinite(s).all():
+                raise ValueError(f"mu_scale needs {P} finite entries, got {s.shape}")
+            self.mu_scale = s
+        for rz in self._rz.values():
+            rz.set_weights(*self._face_tables(rz.dtype))
+
+    def object_weights(self):
+        """(ch (P, 2) int, w (P, 2) float): each object's faces add w[p, 0] x signed depth to
+        channel ch[p, 0] (its own material) and w[p, 1] x signed depth to ch[p, 1] (what
+        surrounds it); -1 = nothing."""
+        P = self.n_objects
+        ch = np.full((P, 2), -1, np.int64)
+        w = np.zeros((P, 2))
+        if self.mode == "objects":
+            ch[:, 0] = np.arange(P)
+            w[:, 0] = 1.0
+            return ch, w
+        for q in range(P):
+            if not self.visible[q]:
+                continue
+            p = self.parents[q]
+            while p >= 0 and not self.visible[p]:
+                p = self.parents[p]
+            inner = (int(self.obj_channel[q]), float(self.mu_scale[q]))
+            outer = (int(self.obj_channel[p]), float(self.mu_scale[p])) if p >= 0 else \
+                ((self.air_channel, 1.0) if self.air_channel is not None else (-1, 0.0))
+            if inner[0] == outer[0]:
+                d = inner[1] - outer[1]
+                if d != 0:
+                    ch[q, 0], w[q, 0] = inner[0], d
+            else:
+                ch[q, 0], w[q, 0] = inner
+                if outer[0] >= 0:
+                    ch[q, 1], w[q, 1] = outer[0], -outer[1]
+        return ch, w
+
+    def _face_tables(self, dtype):
+        ch, w = self.object_weights()
+        J = 1 if self.mode == "objects" else 2
+        return ch[self.face_obj][:, :J], w[self.face_obj][:, :J]
+
+    def rasterizer(self, dtype=None) -> Rasterizer:
+        dtype = dtype or self.dtype
+        if dtype not in self._rz:
+            ch, w = self._face_tables(dtype)
+            self._rz[dtype] = Rasterizer(self.faces, self.face_obj, ch, w, self.n_channels, self.cameras,
+                                         self.instances, open_objects=self.open_objects, names=self.names,
+                                         dtype=dtype, K=self.K, deterministic=self.deterministic)
+        return self._rz[dtype]
+
+    def physics_tables(self, dtype=None, device=None):
+        """(mu (C, E8), w (1, 1, E8), I0) on the kernels' device: the channel materials'
+        attenuation at the spectrum's energies and photons x detector response, padded with
+        zeros to a multiple of the kernel's energy chunk."""
+        dtype = dtype or self.dtype
+        device = device or runtime.torch_device()
+        key = (dtype, str(device))
+        if key not in self._phys:
+            e = self.spectrum.energies
+            E8 = -(-len(e) // kp.E_CHUNK) * kp.E_CHUNK
+            mu = np.zeros((self.n_channels, E8))
+            mu[:, :len(e)] = np.stack([m.mu(e) for m in self.channel_materials])
+            w = np.zeros((1, 1, E8))
+            w[0, 0, :len(e)] = self.spectrum.photons * (self.detector.response(e) if self.detector is not None
+                                                         else 1.0)
+            I0 = float(w.sum())
+            if not (I0 > 0 and np.isfinite(I0)):
+                raise ValueError(f"the spectrum and detector give no signal (I0 = {I0}): check the spectrum")
+            self._phys[key] = (torch.as_tensor(mu, dtype=dtype, device=device).contiguous(),
+                               torch.as_tensor(w, dtype=dtype, device=device).contiguous(), I0)
+        return self._phys[key]
+
+    def ray_lengths(self, dtype, device) -> torch.Tensor:
+        """(n_cams, H, W) source-to-pixel distances, mm (the air term)."""
+        key = (dtype, str(device))
+        if key not in self._ray:
+            self._ray[key] = torch.as_tensor(np.stack([c.ray_lengths() for c in self.cameras]), dtype=dtype,
+                                             device=device)
+        return self._ray[key]
+
+    # ------------------------------------------------------------------ vertices
+    def pack_vertices(self, vertices=None, dtype=None) -> torch.Tensor:
+        """(S, N, 3) contiguous tensor on the kernels' device: the scene's vertices (None),
+        P tensors/arrays (N_p, 3) or (S, N_p, 3), or one (S, N, 3) / (N, 3) array."""
+        dtype = dtype or self.dtype
+        dev = runtime.torch_device()
+        if vertices is None:
+            if self.default_vertices is None:
+                raise ValueError("this pipeline was given faces only: pass the vertices to render")
+            return torch.as_tensor(self.default_vertices, dtype=dtype, device=dev)[None].contiguous()
+        if isinstance(vertices, (torch.Tensor, np.ndarray)):
+            V = torch.as_tensor(vertices)
+            V = V[None] if V.ndim == 2 else V
+        else:
+            parts = [torch.as_tensor(v) for v in vertices]
+            if len(parts) != self.n_objects:
+                raise ValueError(f"got {len(parts)} vertex arrays for {self.n_objects} objects")
+            S = max((p.shape[0] for p in parts if p.ndim == 3), default=1)
+            parts = [(p[None].expand(S, -1, -1) if p.ndim == 2 else
+                      (p.expand(S, -1, -1) if p.shape[0] == 1 else p)) for p in parts]
+            for i, p in enumerate(parts):
+                n = self.vertex_offsets[i + 1] - self.vertex_offsets[i]
+                if p.ndim != 3 or p.shape[1:] != (n, 3) or p.shape[0] != S:
+                    raise ValueError(f"vertices[{i}] ('{self.names[i]}') must have shape ({n}, 3) or (S, {n}, 3), "
+                                     f"got {tuple(p.shape)}")
+            V = torch.cat(parts, dim=1)
+        if V.ndim != 3 or V.shape[1:] != (self.n_vertices, 3):
+            raise ValueError(f"vertices must have shape (S, {self.n_vertices}, 3), got {tuple(V.shape)}")
+        if not V.dtype.is_floating_point:
+            raise TypeError(f"vertices must be floating point, got {V.dtype}")
+        V = V.to(device=dev, dtype=dtype).contiguous()
+        if not bool(torch.isfinite(V).all()):
+            raise ValueError("vertices contain NaN or inf")
+        return V
+
+    # ------------------------------------------------------------------ stages
+    def project(self, V: torch.Tensor, keep_slots: bool = False, check_balance: bool = False,
+                tag: str = "") -> RasterState:
+        """Stage 1 (+ the air term): channel images (I, C, H, W) of vertex sets V (S, N, 3)."""
+        self._check_pending(V)
+        rz = self.rasterizer(V.dtype)
+        want_check = self.mode == "materials" and (self.check_nesting_mode == "always" or
+                                                   (self.check_nesting_mode == "once" and not self._checked))
+        st = rz.forward(V, keep_slots=keep_slots or want_check, check_balance=check_balance, buffer_tag=tag)
+        if want_check:
+            self.check_nesting(st)
+        if self.air_channel is not None:
+            ray = self.ray_lengths(V.dtype, st.L.device)
+            st.L[:, self.air_channel] += ray[torch.as_tensor(rz.inst_np[:, 1], device=ray.device)]
+        return st
+
+    def check_nesting(self, state: RasterState) -> list[str]:
+        """Find objects outside their parent or overlapping others in ``state``'s slots;
+        raise, warn or allow as ``overlap`` says. Returns the messages."""
+        rz = self.rasterizer(state.V.dtype)
+        conf = rz.nesting_conflicts(state, self.parents, self.nesting_tol_mm)
+        msgs = []
+        done = set()
+        for a, b in zip(*np.nonzero(conf)):
+            a, b = int(a), int(b)
+            if a == b:
+                msgs.append(f"object '{self.names[a]}' overlaps itself (intersecting parts or components) on "
+                            f"{int(conf[a, a])} pixels: its material counts twice there")
+            elif b == self.parents[a]:
+                msgs.append(f"object '{self.names[a]}' extends outside its parent '{self.names[b]}' on "
+                            f"{int(conf[a, b])} pixels")
+            elif (b, a) not in done:
+                n = int(max(conf[a, b], conf[b, a]))
+                msgs.append(f"objects '{self.names[a]}' and '{self.names[b]}' overlap on {n} pixels without one "
+                            "being inside the other (declare a parent, or allow overlaps)")
+                done.add((a, b))
+        self._checked = True
+        self.nesting_messages = msgs
+        if msgs and self.overlap != "allow":
+            text = (f"{self.label}: objects break their nesting: " + "; ".join(msgs) +
+                    ". Declare the inner object's parent, fix the meshes, or allow overlaps (overlap='allow' / "
+                    "--overlap allow: overlapping objects then add up).")
+            if self.overlap == "raise":
+                raise NestingError(text)
+            warnings.warn(text, NestingWarning, stacklevel=3)
+        return msgs
+
+    def physics(self, L: torch.Tensor) -> torch.Tensor:
+        """Stage 3: intensity (B, I, H, W) from channel images L (I, C, H, W) (no gradient)."""
+        dt = self.physics_dtype or L.dtype
+        mu, w, _ = self.physics_tables(dt, L.device)
+        out = torch.zeros((w.shape[0], L.shape[0], L.shape[2], L.shape[3]), dtype=dt, device=L.device)
+        self._launch("bl", kp.beer_lambert, L, mu, w, out, self.n_channels, int(w.shape[0]), 0)
+        return out
+
+    def output_image(self, intensity: torch.Tensor, kind: str | None = None) -> torch.Tensor:
+        """Stage 4 (torch, differentiable): intensity -> the requested kind."""
+        kind = kind or self.output
+        if kind == "intensity":
+            return intensity
+        _, _, I0 = self.physics_tables(self.physics_dtype or intensity.dtype, intensity.device)
+        T = intensity / I0
+        return T if kind == "transmission" else -torch.log(T)
+
+    # ------------------------------------------------------------------ whole renders
+    def render(self, vertices=None, *, kind: str | None = None, timings: bool = False) -> torch.Tensor:
+        """Forward only: images (I, H, W) of the requested kind (channels (I, C, H, W) for
+        ``path_length``), torch, on the kernels' device; no gradient."""
+        t0 = time.perf_counter()
+        V = self.pack_vertices(vertices)
+        st = self.project(V)
+        if timings:
+            _sync()
+        t1 = time.perf_counter()
+        kind = kind or self.output
+        if self.mode == "objects" or kind == "path_length":
+            out = st.L
+        else:
+            out = self.output_image(self.physics(st.L), kind)[0]
+        if timings:
+            _sync()
+            self.timings = {"rasterize": (t1 - t0) * 1e3, "physics": (time.perf_counter() - t1) * 1e3}
+        return out
+
+    def render_torch(self, vertices, mu_scale=None) -> torch.Tensor:
+        """Differentiable render: P vertex tensors (N_p, 3) or (S, N_p, 3) -> (I, H, W) images of
+        ``output`` (or (I, P, H, W) path lengths), with gradients to the vertices and to
+        ``mu_scale`` (P,) per-object attenuation factors."""
+        from .torch.function import PipelineFunction
+
+        parts = [vertices] if isinstance(vertices, torch.Tensor) and vertices.ndim == 2 and self.n_objects == 1 \
+            else list(vertices)
+        dt = parts[0].dtype
+        if dt not in (torch.float32, torch.float64):
+            raise TypeError(f"vertices must be float32 or float64, got {dt}")
+        for i, v in enumerate(parts):
+            if not isinstance(v, torch.Tensor):
+                raise TypeError(f"vertices[{i}] must be a torch tensor, got {type(v).__name__}")
+            if v.dtype != dt:
+                raise TypeError(f"all vertex tensors must share one dtype; vertices[{i}] is {v.dtype}, "
+                                f"vertices[0] is {dt}")
+        V = self.pack_vertices(parts, dtype=dt) if self.n_objects > 1 or parts[0].ndim == 3 else \
+            self.pack_vertices(parts[0], dtype=dt)
+        if V.requires_grad is False and any(p.requires_grad for p in parts):  # pragma: no cover
+            raise RuntimeError("internal: vertex packing lost the autograd graph")
+        mu_t = None
+        if mu_scale is not None:
+            if self.mode == "objects":
+                raise ValueError("mu_scale needs a pipeline with materials")
+            mu_t = torch.as_tensor(mu_scale, dtype=dt, device=V.device)
+            if mu_t.shape != (self.n_objects,):
+                raise ValueError(f"mu_scale must have shape ({self.n_objects},), got {tuple(mu_t.shape)}")
+        out = PipelineFunction.apply(self, V, mu_t)
+        if self.mode == "objects":
+            return out
+        return self.output_image(out[0])
+
+    # ------------------------------------------------------------------ Taichi-native autodiff
+    def taichi_forward(self, V: torch.Tensor, out: torch.Tensor) -> None:
+        """Forward for ``ti.ad.Tape``: rasterize V (S, N, 3) and add the intensity into ``out``
+        (1, I, H, W) (zero on entry). Inside a tape, the rasterizer is recorded through
+        ``ti.ad.grad_replaced`` (its backward is the hand-written z-buffer gradient over the
+        saved slots) and Beer-Lambert as a plain kernel (Taichi's autodiff): after the tape,
+        ``V.grad`` holds dLoss/dV. V and out must be torch tensors with requires_grad=True
+        (Taichi keeps their gradients in ``.grad``); every gradient buffer must be zero
+        before the tape (Taichi accumulates)."""
+        if self.mode != "materials":
+            raise ValueError("taichi_forward needs a pipeline with materials")
+        L = self._tape_buffer(V)
+        _raster_taped(self, V, L)
+        mu, w, _ = self.physics_tables(V.dtype, V.device)
+        kp.beer_lambert(L, mu, w, out, self.n_channels, int(w.shape[0]), 0)
+
+    def _tape_buffer(self, V):
+        rz = self.rasterizer(V.dtype)
+        shape = (len(rz.inst_np), self.n_channels, rz.H, rz.W)
+        L = self.__dict__.get("_tape_L")
+        if L is None or tuple(L.shape) != shape or L.dtype != V.dtype:
+            L = torch.zeros(shape, dtype=V.dtype, device=V.device, requires_grad=True)
+            self._tape_L = L
+        if L.grad is None:
+            L.grad = torch.zeros_like(L)
+        else:
+            L.grad.zero_()
+        return L
+
+
+@ti.ad.grad_replaced
+def _raster_taped(pipe: Pipeline, V: torch.Tensor, L: torch.Tensor) -> None:
+    st = pipe.project(V.detach(), keep_slots=True, tag="tape")
+    with torch.no_grad():
+        L.copy_(st.L)
+    pipe._tape_state = st
+
+
+@ti.ad.grad_for(_raster_taped)
+def _raster_taped_grad(pipe: Pipeline, V: torch.Tensor, L: torch.Tensor) -> None:
+    st = pipe._tape_state
+    if V.grad is None:
+        V.grad = torch.zeros_like(V)
+    pipe.rasterizer(V.dtype).backward(st, L.grad, grad_V=V.grad)
+
+
+# ----------------------------------------------------------------------------------------
+def _check_parents(parents, P):
+    for i, p in enumerate(parents):
+        if p < -1 or p >= P:
+            raise ValueError(f"parents[{i}] = {p} is not -1 or an object index in [0, {P})")
+        if p == i:
+            raise ValueError(f"object {i} is its own parent")
+    for i in range(P):
+        seen, j = set(), i
+        while j != -1:
+            if j in seen:
+                raise ValueError(f"parents contain a cycle through object {j}")
+            seen.add(j)
+            j = parents[j]
+
+
+def _front_facing(cam: Camera, vertices: np.ndarray) -> Camera:
+    """A camera whose projection matrix puts the scene in front of the source.
+
+    A 3x4 projection matrix is defined up to scale, and calibration tools hand it over
+    with either sign; ``P`` and ``-P`` map points to the same pixels but put opposite
+    half-spaces in front of the source. When every vertex is behind the source
+    (w < 0 for all), the sign is flipped (with a warning); a scene on both sides is left
+    alone (the rasterizer then reports the objects that straddle the source plane).
+    """
+    lo, hi = vertices.min(0), vertices.max(0)
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    _, w = cam.project(corners)
+    if np.all(w < 0):
+        _, wv = cam.project(vertices)
+        if np.all(wv < 0):
+            warnings.warn("the projection matrix puts the whole scene behind the source (a P given with the "
+                          "opposite sign); using -P, which projects every point to the same pixel with the scene "
+                          "in front", RuntimeWarning, stacklevel=4)
+            return cam.flipped()
+    return cam
