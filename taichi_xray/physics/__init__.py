@@ -12,3 +12,6 @@ from .attenuation import (
     line_integral,
     add_poisson_noise,
 )
+from .source import (FocalSpot, shifted_camera, penumbra_width, heel_weights, heel_factors, photons_per_pixel,
+                     fluence_falloff, spekpy_spectrum)
+from .detector_model import MTF, DetectorModel, PhotonCountingModel, signal_weights, counting_bin_weights

@@ -99,8 +99,10 @@ class Spectrum:
 
         kvp : 40..150 kVp.  filtration : {material spec: thickness mm}, default
         {"Al": 2.5, "Cu": 0.0}.  bin_width : keV, >= 1 (TASMIP is tabulated per 1 keV;
-        wider bins via :meth:`rebinned`).  model : "tasmip" or "spekpy" (only if the
-        spekpy package is importable; it is not installed by this package).
+        wider bins via :meth:`rebinned`).  model : "tasmip" or "spekpy" (the optional spekpy
+        package, :func:`taichi_xray.physics.source.spekpy_spectrum`; there ``filtration`` is the
+        *total* filtration, since SpekPy's spectrum leaves the target unfiltered, while TASMIP's
+        measured spectra already include the tube's inherent filtration and ``filtration`` is added).
         inherent_al_mm : extra Al filtration for the tube's inherent filtration.
         anode_angle_deg : used by spekpy only (TASMIP's tube is fixed).
         """
@@ -122,11 +124,15 @@ class Spectrum:
             try:
                 import spekpy  # noqa: F401
             except ImportError as exc:
-                raise ImportError("model='spekpy' needs the spekpy package, which is not installed; "
-                                  "use model='tasmip'") from exc
-            s = spekpy.Spek(kvp=kvp, th=anode_angle_deg, dk=1.0)
-            e, phi = s.get_spectrum()
-            e, phi = np.asarray(e, float), np.asarray(phi, float)
+                raise ImportError("model='spekpy' needs the optional spekpy package (pip install "
+                                  "taichi-xray[spekpy]); or use model='tasmip'") from exc
+            from .source import spekpy_spectrum
+
+            # SpekPy's spectrum leaves the target unfiltered: the filtration is the total one
+            spec = spekpy_spectrum(kvp, anode_angle_deg, filtration=filtration, bin_width=1.0)
+            if inherent_al_mm > 0:
+                spec = spec.filtered("Al", inherent_al_mm)
+            return spec.rebinned(bin_width) if bin_width != 1.0 else spec
         else:
             raise ValueError(f"unknown spectrum model {model!r}; use 'tasmip' or 'spekpy'")
         keep = phi > 0
