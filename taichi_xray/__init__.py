@@ -14,7 +14,9 @@ import sys as _sys
 _TORCH_WAS_IMPORTED = "torch" in _sys.modules
 if not _TORCH_WAS_IMPORTED:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-from .runtime import init, arch
+# Taichi prints a version banner on import unless told not to (it is the caller's choice when set)
+_os.environ.setdefault("ENABLE_TAICHI_HEADER_PRINT", "false")
+from .runtime import init, arch, BackendError
 from .camera import Camera
 from .mesh import Mesh, MeshReport, MeshWarning
 from .rasterize import Raster, rasterize, path_length, GeometryError, KOverflowWarning

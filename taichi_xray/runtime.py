@@ -3,26 +3,45 @@
 Every module that launches a Taichi kernel calls :func:`ensure_init` first.
 The backend is chosen by :func:`init`'s ``arch`` argument, else by the
 environment variable ``TAICHI_XRAY_ARCH`` (``cuda``, ``vulkan``, ``metal``,
-``cpu`` or ``auto``; default ``auto``). ``auto`` takes the best GPU backend
-that starts and passes a start-up check (CUDA, then Vulkan, then Metal) and
-otherwise the CPU, and says which one it took. The check
-(:mod:`taichi_xray.kernels.selftest`) counts atomic additions in nested
-loops, which the rasterizer relies on; Mesa's software Vulkan fails it.
+``cpu`` or ``auto``; default ``auto``).
+
+* ``auto`` takes the best GPU backend that starts and passes a start-up check
+  (CUDA, then Vulkan, then Metal), otherwise the CPU, and logs which one it
+  took and why the others were passed over.
+* An explicit request (``cuda``, ``vulkan``, ``metal``) that cannot be served
+  raises :class:`BackendError` with the underlying reason; it never falls back
+  in silence.
+
+The start-up check (:mod:`taichi_xray.kernels.selftest`) counts atomic
+additions in nested loops, which the rasterizer relies on. Mesa's software
+Vulkan (llvmpipe) fails it: Taichi's compute on it loses updates. Compute then
+runs on the CPU; the viewer's window still uses Vulkan for drawing.
 
 Taichi runs with ``fast_math=False``: the watertight coverage rule needs the
 edge functions of a shared edge to be evaluated identically for both faces,
-which reassociation would break.
+which reassociation would break. Taichi's own start-up lines are not printed
+(``verbose=True`` keeps them).
 
 Floating point: Taichi's ``default_fp`` is global, so it stays ``f32`` and
 every kernel family in this package is specialised on the dtype of the arrays
-it is given (float32 or float64).  Float64 therefore works in the same
+it is given (float32 or float64). Float64 therefore works in the same
 process as float32, which the gradient checks rely on.
+
+torch next to Taichi on the CPU: torch's OpenMP threads spin after each
+parallel region and then fight Taichi's threads for the cores (measured: a
+forward+backward took 190 ms instead of 55 ms). ``import taichi_xray`` before
+torch sets ``OMP_WAIT_POLICY=PASSIVE``, which prevents it; when torch was
+imported first (too late for that), :func:`init` on the CPU limits torch to
+one intra-op thread (the heavy work runs in Taichi) unless
+``TAICHI_XRAY_KEEP_TORCH_THREADS=1``; either way the import order does not
+change the speed.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
-import warnings
 
 import taichi as ti
 
@@ -40,8 +59,17 @@ _ARCHES = {
 _state = {"arch": None}
 
 
+class BackendError(RuntimeError):
+    """An explicitly requested backend cannot be used; the message gives the reason."""
+
+
 class BackendFallbackWarning(RuntimeWarning):
-    """A requested GPU backend is not available; Taichi runs on the CPU."""
+    """Kept for compatibility: ``auto`` logs its choices instead of warning."""
+
+
+SOFTWARE_VULKAN = ("the Vulkan device is a software renderer (Mesa llvmpipe?) whose atomic additions lose updates "
+                   "under Taichi, so Taichi's compute cannot run on it: compute runs on the CPU (the viewer's window "
+                   "still draws with Vulkan)")
 
 
 def _arch_name(arch) -> str:
@@ -49,15 +77,28 @@ def _arch_name(arch) -> str:
     return "cpu" if name in ("x64", "arm64") else name
 
 
-def _try_init(name: str, **kw) -> str | None:
-    """Initialise Taichi on ``name``; return the arch actually running."""
+def _try_init(name: str, verbose: bool, **kw):
+    """Initialise Taichi on ``name``; return (arch actually running, or None; reason)."""
+    out = io.StringIO()
     try:
-        ti.init(arch=getattr(ti, name), **kw)
+        with contextlib.redirect_stdout(out) if not verbose else contextlib.nullcontext():
+            ti.init(arch=getattr(ti, name), **kw)
     except Exception as exc:  # Taichi raises RuntimeError or its own errors
-        log.debug("taichi backend %s failed: %s", name, exc)
-        return None
-    got = _arch_name(ti.lang.impl.current_cfg().arch)
-    return got
+        return None, f"{type(exc).__name__}: {exc}".strip()
+    return _arch_name(ti.lang.impl.current_cfg().arch), ""
+
+
+def _available(name: str) -> tuple[bool, str]:
+    if name == "cuda":  # ask the loader first: Taichi's own probe prints a warning without a driver
+        import ctypes.util
+
+        if ctypes.util.find_library("cuda") is None:
+            return False, "no CUDA driver library (libcuda) was found"
+    from taichi.lang.misc import is_arch_supported
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        ok = is_arch_supported(getattr(ti, name))
+    return bool(ok), "" if ok else f"this Taichi build or machine does not support {name}"
 
 
 def init(arch: str | None = None, *, debug: bool = False, verbose: bool = False) -> str:
@@ -67,13 +108,12 @@ def init(arch: str | None = None, *, debug: bool = False, verbose: bool = False)
     ----------
     arch : {"auto", "cuda", "vulkan", "metal", "cpu"}, optional
         Backend. ``None`` reads ``TAICHI_XRAY_ARCH`` (default ``"auto"``).
-        A GPU backend that does not start, or that fails a start-up check
-        of atomic additions (Mesa's software Vulkan loses updates), falls
-        back to the CPU with a :class:`BackendFallbackWarning` that says so.
+        ``auto`` falls back to the CPU (and logs why); an explicit GPU backend that does
+        not start or fails the start-up check raises :class:`BackendError` with the reason.
     debug : bool
         Taichi debug mode (bounds checks; slow).
     verbose : bool
-        Keep Taichi's own start-up log lines.
+        Keep Taichi's own start-up lines and log level INFO.
     """
     requested = (arch or os.environ.get("TAICHI_XRAY_ARCH") or "auto").strip().lower()
     if requested != "auto" and requested not in _ARCHES:
@@ -96,49 +136,54 @@ def init(arch: str | None = None, *, debug: bool = False, verbose: bool = False)
         order = []
     else:
         order = [_ARCHES[requested]]
-    from taichi.lang.misc import is_arch_supported
-
-    def _available(name: str) -> bool:
-        if name == "cuda":  # ask the loader first: Taichi's own probe prints a warning without a driver
-            import ctypes.util
-
-            if ctypes.util.find_library("cuda") is None:
-                return False
-        return is_arch_supported(getattr(ti, name))
-
-    order = [n for n in order if _available(n)]
-    got = None
-    why = "is not available here"
+    got, reasons = None, []
     for name in order:
-        got = _try_init(name, **kw)
-        if got is not None and got != "cpu":
-            from .kernels.selftest import atomics_ok
+        ok, why = _available(name)
+        if ok:
+            got, why = _try_init(name, verbose, **kw)
+            if got is not None and got != "cpu":
+                from .kernels.selftest import atomics_ok
 
-            if atomics_ok():
-                break
-            why = "failed the start-up check (atomic additions lost updates; a software Vulkan driver?)"
-            (log.info if requested == "auto" else log.warning)("taichi_xray: backend %s %s", name, why)
+                if atomics_ok():
+                    break
+                why = SOFTWARE_VULKAN if name == "vulkan" else "it failed the start-up check (atomic additions " \
+                                                                  "lost updates)"
+            elif got == "cpu":
+                why = f"Taichi started on the CPU instead of {name}"
         got = None
+        reasons.append(f"{name}: {why}")
+        if requested != "auto":
+            raise BackendError(f"taichi_xray: the requested backend {name!r} cannot be used: {why}. "
+                               "Use --arch cpu / TAICHI_XRAY_ARCH=cpu (or auto) to run on the CPU.")
     if got is None:
-        if requested not in ("auto", "cpu", "x64", "arm64"):
-            warnings.warn(
-                f"taichi_xray: backend {requested!r} {why}; running on the CPU",
-                BackendFallbackWarning,
-                stacklevel=2,
-            )
-        got = _try_init("cpu", **kw)
+        got, why = _try_init("cpu", verbose, **kw)
         if got is None:  # pragma: no cover - Taichi itself is broken
-            raise RuntimeError("taichi_xray: Taichi failed to start even on the CPU")
+            raise BackendError(f"taichi_xray: Taichi failed to start even on the CPU: {why}")
+        if reasons:
+            log.info("taichi_xray: no GPU backend (%s); running on the CPU", "; ".join(reasons))
     _state["arch"] = got
-    if got == "cpu" and "OMP_WAIT_POLICY" not in os.environ:
-        import taichi_xray
-
-        if taichi_xray._TORCH_WAS_IMPORTED:
-            log.info("taichi_xray: torch was imported before taichi_xray, so its OpenMP threads spin-wait and "
-                     "slow Taichi's CPU kernels down; set OMP_WAIT_POLICY=PASSIVE (or import taichi_xray first)")
+    if got == "cpu":
+        _limit_torch_threads()
     if requested == "auto" or verbose:
         log.info("taichi_xray: running on %s", got)
     return got
+
+
+def _limit_torch_threads() -> None:
+    import sys
+
+    import taichi_xray
+
+    if not taichi_xray._TORCH_WAS_IMPORTED or "torch" not in sys.modules:
+        return
+    if os.environ.get("OMP_WAIT_POLICY", "").lower() == "passive" or os.environ.get("TAICHI_XRAY_KEEP_TORCH_THREADS"):
+        return
+    torch = sys.modules["torch"]
+    if torch.get_num_threads() > 1:
+        torch.set_num_threads(1)
+        log.info("taichi_xray: torch was imported before taichi_xray, so its OpenMP threads would spin and slow "
+                 "Taichi's CPU kernels down; torch now uses one intra-op thread (import taichi_xray first, set "
+                 "OMP_WAIT_POLICY=PASSIVE, or TAICHI_XRAY_KEEP_TORCH_THREADS=1 to keep them)")
 
 
 def ensure_init() -> str:

@@ -1,4 +1,4 @@
-"""The Beer-Lambert stage: per-object path lengths -> detector intensity.
+"""The Beer-Lambert stage on arrays: per-object path lengths -> detector intensity.
 
 Shapes and units
 ----------------
@@ -9,17 +9,20 @@ mu      (P', E)    linear attenuation, 1/mm
 weights (E,)       photons per energy bin times detector response
 I       (H, W)     I = sum_E weights[E] * exp(-sum_p mu[p, E] * L_excl[p])
 
-``beer_lambert`` runs a Taichi kernel over (pixel, energy); it accepts numpy
-arrays or torch tensors in float32 or float64 (all inputs the same dtype) and
-returns the same kind and dtype.  Its backward, ``beer_lambert_backward``, is
-Taichi's reverse-mode autodiff of the same kernel (``kernel.grad``) on
-ndarrays created with ``needs_grad=True``; Taichi 1.7.4 supports this for
-ndarray arguments (checked on the CPU backend against finite differences in
-tests/test_attenuation.py).  The gradient w.r.t. mu accumulates with atomics
-over all pixels.
+``beer_lambert`` runs the one Beer-Lambert kernel of the package
+(:func:`taichi_xray.kernels.physics.beer_lambert`, the same the
+:class:`~taichi_xray.pipeline.Pipeline` runs); it accepts numpy arrays or
+torch tensors in float32 or float64 (all inputs the same dtype) and returns the
+same kind and dtype. Its backward, ``beer_lambert_backward``, is Taichi's
+reverse-mode autodiff of that kernel by default (on the inputs' device, mu and
+weight gradients only when asked for), and ``method="analytic"`` is the
+closed-form vector-Jacobian product written with torch, kept as the
+independent reference the tests compare against.
 
 ``exclusive_lengths`` is a linear map written with plain array operations, so
 it works on numpy and on torch tensors (where torch autograd differentiates it).
+Renders do not need it: the pipeline's rasterizer accumulates per-material
+exclusive lengths directly.
 """
 # (no "from __future__ import annotations": Taichi reads the kernel annotations at runtime)
 
@@ -123,36 +126,6 @@ def exclusive_lengths(L, parents: Sequence[int], ray_lengths=None, check: bool =
     return out
 
 
-# ----------------------------------------------------------------------------------------
-# Taichi kernels (one family per dtype)
-# ----------------------------------------------------------------------------------------
-_KERNELS: dict = {}
-
-
-def _kernels(dt):
-    if dt in _KERNELS:
-        return _KERNELS[dt]
-
-    @ti.kernel
-    def forward(L: ti.types.ndarray(dtype=dt, ndim=3), mu: ti.types.ndarray(dtype=dt, ndim=2),
-                w: ti.types.ndarray(dtype=dt, ndim=1), out: ti.types.ndarray(dtype=dt, ndim=2),
-                P: ti.template()):
-        # One parallel loop over pixels with a serial loop over energies inside: no atomics in the
-        # forward pass. The material sum is unrolled (P is a compile-time constant; one compiled
-        # kernel per number of materials), so no local is carried through a dynamic loop, which
-        # Taichi 1.7's reverse mode handles poorly. No statements outside the loop (autodiff needs
-        # one loop nest); `out` must be zero on entry.
-        for i, j in ti.ndrange(out.shape[0], out.shape[1]):
-            for e in range(mu.shape[1]):
-                s = ti.cast(0.0, dt)
-                for p in ti.static(range(P)):
-                    s += mu[p, e] * L[p, i, j]
-                out[i, j] += w[e] * ti.exp(-s)
-
-    _KERNELS[dt] = forward
-    return forward
-
-
 _NP2TI = {np.dtype(np.float32): ti.f32, np.dtype(np.float64): ti.f64}
 
 
@@ -193,77 +166,92 @@ def _prepare(L_excl, mu, weights):
     return all(is_t), np_dt, L, m, w
 
 
+def _padded(L, m, w, is_t):
+    """torch tensors on the kernels' device: L (1, P, H, W), mu (P, E8), w (1, 1, E8) zero-padded."""
+    from ..kernels.physics import E_CHUNK
+    from ..runtime import torch_device
+
+    dev = L.device if is_t else torch_device()
+    Lt = (L if is_t else torch.from_numpy(L)).to(dev)
+    mt = (m if is_t else torch.from_numpy(m)).to(dev)
+    wt = (w if is_t else torch.from_numpy(w)).to(dev)
+    E = mt.shape[1]
+    E8 = -(-E // E_CHUNK) * E_CHUNK
+    mp = torch.zeros((mt.shape[0], E8), dtype=mt.dtype, device=dev)
+    mp[:, :E] = mt
+    wp = torch.zeros((1, 1, E8), dtype=wt.dtype, device=dev)
+    wp[0, 0, :E] = wt
+    return Lt[None].contiguous(), mp, wp
+
+
 def beer_lambert(L_excl, mu, weights):
     """I (H, W) = sum_E weights[E] * exp(-sum_p mu[p, E] * L_excl[p]).
 
     L_excl (P, H, W) mm, mu (P, E) 1/mm, weights (E,): all numpy or all torch, one dtype
     (float32 or float64).  Returns the same kind and dtype (torch: on L_excl's device).
     """
+    from ..kernels.physics import beer_lambert as _kernel
+
     ensure_init()
     is_t, np_dt, L, m, w = _prepare(L_excl, mu, weights)
-    k = _kernels(_NP2TI[np_dt])
     H, W = L.shape[1], L.shape[2]
-    if is_t:
-        out = torch.zeros((H, W), dtype=L.dtype, device=L.device)
-    else:
-        out = np.zeros((H, W), dtype=np_dt)
-    if H * W and m.shape[1]:
-        k(L, m, w, out, int(L.shape[0]))
-        if is_t:
-            ti.sync()
-    return out
+    if not (H * W and m.shape[1]):
+        return torch.zeros((H, W), dtype=L.dtype, device=L.device) if is_t else np.zeros((H, W), np_dt)
+    Lp, mp, wp = _padded(L, m, w, is_t)
+    out = torch.zeros((1, 1, H, W), dtype=Lp.dtype, device=Lp.device)
+    _kernel(Lp, mp, wp, out, int(L.shape[0]), 1, 0)
+    ti.sync()
+    out = out[0, 0]
+    return out.to(L.device) if is_t else out.cpu().numpy()
 
 
 def beer_lambert_backward(L_excl, mu, weights, grad_I, return_weights_grad: bool = False,
-                          method: str = "analytic", chunk: int = 16):
+                          method: str = "autodiff", chunk: int = 16):
     """Vector-Jacobian product of :func:`beer_lambert`.
 
     grad_I (H, W): dLoss/dI.  Returns (grad_L (P, H, W), grad_mu (P, E)) [, grad_weights (E,)]
     in the kind and dtype of the inputs.
 
-    method="autodiff": Taichi's reverse mode (``kernel.grad``) of the forward kernel on
-    ndarrays with ``needs_grad=True`` (a host round trip). Its mu and weight gradients
-    are sums over all pixels done with atomic additions on P*E addresses, which contend
-    badly (1.5 s at 512^2, 3 materials, 80 energies on 2 CPU cores).
-    method="analytic" (default): with T_e = exp(-sum_p mu_pe L_p) and G_e = -grad_I w_e T_e,
-    grad_L = sum_e G_e mu_pe, grad_mu = sum_pixels G_e L_p, grad_w = sum_pixels grad_I T_e,
-    as torch tensor contractions on the inputs' device, ``chunk`` energies at a time (so
-    memory stays at chunk*H*W); deterministic on the CPU. Tests check both against each
-    other and against finite differences.
+    method="autodiff" (default): Taichi's reverse mode of the forward kernel
+    (``beer_lambert.grad``) on the inputs' device. The mu and weight gradients are sums over
+    all pixels (atomic additions on P*E addresses); the kernel is specialised on which
+    inputs need gradients, so they cost nothing when not asked for.
+    method="analytic": the closed form, written with torch, kept as the reference: with
+    T_e = exp(-sum_p mu_pe L_p) and G_e = -grad_I w_e T_e, grad_L = sum_e G_e mu_pe,
+    grad_mu = sum_pixels G_e L_p, grad_w = sum_pixels grad_I T_e, ``chunk`` energies at a
+    time (memory chunk*H*W).
     """
     if method == "analytic":
         return _backward_analytic(L_excl, mu, weights, grad_I, return_weights_grad, chunk)
     if method != "autodiff":
-        raise ValueError(f"method must be 'analytic' or 'autodiff', got {method!r}")
+        raise ValueError(f"method must be 'autodiff' or 'analytic', got {method!r}")
+    from ..kernels.physics import beer_lambert as _kernel
+
     ensure_init()
     is_t, np_dt, L, m, w = _prepare(L_excl, mu, weights)
-    device = L.device if is_t else None
-    if is_t:
-        if not _is_torch(grad_I):
-            raise TypeError("grad_I must be a torch tensor like the other inputs")
-        gI = grad_I.detach().to(L.dtype).cpu().numpy()
-        L, m, w = (a.cpu().numpy() for a in (L, m, w))
-    else:
-        gI = np.asarray(grad_I)
-    if gI.shape != L.shape[1:]:
-        raise ValueError(f"grad_I must have shape {tuple(L.shape[1:])}, got {gI.shape}")
-    if not np.isfinite(gI).all():
+    gI = grad_I.detach() if _is_torch(grad_I) else torch.from_numpy(np.ascontiguousarray(grad_I))
+    if is_t != _is_torch(grad_I):
+        raise TypeError("grad_I must be a torch tensor when the inputs are (and numpy when they are)")
+    if tuple(gI.shape) != tuple(L.shape[1:]):
+        raise ValueError(f"grad_I must have shape {tuple(L.shape[1:])}, got {tuple(gI.shape)}")
+    if not bool(torch.isfinite(gI).all()):
         raise ValueError("grad_I contains NaN or infinity")
-    tdt = _NP2TI[np_dt]
-    k = _kernels(tdt)
-    nd = {}
-    for name, a in (("L", L), ("mu", m), ("w", w)):
-        nd[name] = ti.ndarray(tdt, a.shape, needs_grad=True)
-        nd[name].from_numpy(np.ascontiguousarray(a, dtype=np_dt))
-    out = ti.ndarray(tdt, gI.shape, needs_grad=True)
-    out.grad.from_numpy(np.ascontiguousarray(gI, dtype=np_dt))
-    if out.shape[0] * out.shape[1] and m.shape[1]:
-        k.grad(nd["L"], nd["mu"], nd["w"], out, int(L.shape[0]))
-    res = [nd["L"].grad.to_numpy(), nd["mu"].grad.to_numpy()]
+    Lp, mp, wp = _padded(L, m, w, is_t)
+    E = m.shape[1]
+    Lp.requires_grad_(True)
+    Lp.grad = torch.zeros_like(Lp)
+    mp.requires_grad_(True)
+    mp.grad = torch.zeros_like(mp)
     if return_weights_grad:
-        res.append(nd["w"].grad.to_numpy())
-    if is_t:
-        res = [torch.from_numpy(r).to(device) for r in res]
+        wp.requires_grad_(True)
+        wp.grad = torch.zeros_like(wp)
+    out = torch.zeros((1, 1) + tuple(L.shape[1:]), dtype=Lp.dtype, device=Lp.device, requires_grad=True)
+    out.grad = gI.to(device=Lp.device, dtype=Lp.dtype).reshape(out.shape).contiguous()
+    if L.shape[1] * L.shape[2] and E:
+        _kernel.grad(Lp, mp, wp, out, int(L.shape[0]), 1, 0)
+        ti.sync()
+    res = [Lp.grad[0], mp.grad[:, :E]] + ([wp.grad[0, 0, :E]] if return_weights_grad else [])
+    res = [r.detach().to(L.device) if is_t else r.detach().cpu().numpy() for r in res]
     return tuple(res)
 
 
