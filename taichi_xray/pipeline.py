@@ -461,8 +461,9 @@ class Pipeline:
             if a == b:
                 msgs.append(f"object '{self.names[a]}' overlaps itself (intersecting parts or components) on "
                             f"{int(conf[a, a])} pixels: its material counts twice there")
-            elif b == self.parents[a]:
-                msgs.append(f"object '{self.names[a]}' extends outside its parent '{self.names[b]}' on "
+            elif b in self._ancestors(a):
+                rel = "parent" if b == self.parents[a] else "ancestor"
+                msgs.append(f"object '{self.names[a]}' extends outside its {rel} '{self.names[b]}' on "
                             f"{int(conf[a, b])} pixels")
             elif (b, a) not in done:
                 n = int(max(conf[a, b], conf[b, a]))
@@ -479,6 +480,13 @@ class Pipeline:
                 raise NestingError(text)
             warnings.warn(text, NestingWarning, stacklevel=3)
         return msgs
+
+    def _ancestors(self, p: int) -> list[int]:
+        out, q = [], self.parents[p]
+        while q >= 0:
+            out.append(q)
+            q = self.parents[q]
+        return out
 
     def physics(self, L: torch.Tensor) -> torch.Tensor:
         """Stage 3: intensity (B, I, H, W) from channel images L (I, C, H, W) (no gradient)."""
@@ -553,7 +561,7 @@ class Pipeline:
     # ------------------------------------------------------------------ Taichi-native autodiff
     def taichi_forward(self, V: torch.Tensor, out: torch.Tensor) -> None:
         """Forward for ``ti.ad.Tape``: rasterize V (S, N, 3) and add the intensity into ``out``
-        (1, I, H, W) (zero on entry). Inside a tape, the rasterizer is recorded through
+        (1, I, H, W), of the physics dtype (zero on entry). Inside a tape, the rasterizer is recorded through
         ``ti.ad.grad_replaced`` (its backward is the hand-written z-buffer gradient over the
         saved slots) and Beer-Lambert as a plain kernel (Taichi's autodiff): after the tape,
         ``V.grad`` holds dLoss/dV. V and out must be torch tensors with requires_grad=True
@@ -563,7 +571,7 @@ class Pipeline:
             raise ValueError("taichi_forward needs a pipeline with materials")
         L = self._tape_buffer(V)
         _raster_taped(self, V, L)
-        mu, w, _ = self.physics_tables(V.dtype, V.device)
+        mu, w, _ = self.physics_tables(self.physics_dtype or V.dtype, V.device)
         kp.beer_lambert(L, mu, w, out, self.n_channels, int(w.shape[0]), 0)
 
     def _tape_buffer(self, V):

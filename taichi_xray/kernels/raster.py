@@ -589,9 +589,11 @@ def check_nesting(
     (each the parent of the next). Entering object o is valid when the innermost open
     object is o's parent (or nothing is open and o is top level). Otherwise
     ``conflicts[o, b] += 1`` with b = o when o is already open (o overlaps itself:
-    intersecting parts), b = parent(o) when o's parent is not open (o extends outside
-    its parent), else b = the innermost open object (o overlaps b). Leaving o while an
-    object x inside it is still open gives ``conflicts[x, o]`` (x reaches beyond o).
+    intersecting parts), ``conflicts[x, o]`` when the innermost open object x is a
+    descendant of o (x reaches beyond its ancestor o), b = parent(o) when o's parent is
+    not open (o extends outside its parent), else b = the innermost open object (o
+    overlaps b). Leaving o while an object x inside it is still open gives
+    ``conflicts[x, o]`` (x reaches beyond o).
     Each pair counts once per pixel (consecutive repeats are merged). Crossings closer
     than ``tol`` mm are ordered as touching surfaces should be: an object is left before
     another is entered, outer objects are entered first and left last (the crossings of
@@ -655,14 +657,26 @@ def check_nesting(
                             self_open = 1
                         if stack[q] == parent[o]:
                             par_open = 1
+                    # is o an ancestor of the innermost open object? then that one reaches beyond o
+                    anc = 0
+                    q = parent[inner] if inner >= 0 else -1
+                    for _ in range(MAX_NEST):
+                        if q >= 0:
+                            if q == o:
+                                anc = 1
+                            q = parent[q]
+                    who = o
                     bad = inner
                     if self_open == 1:
                         bad = o
+                    elif anc == 1:
+                        who = inner
+                        bad = o
                     elif parent[o] >= 0 and par_open == 0:
                         bad = parent[o]
-                    if not (bad == last_b and o == last_a):
-                        ti.atomic_add(conflicts[o, bad], 1)
-                        last_a = o
+                    if not (bad == last_b and who == last_a):
+                        ti.atomic_add(conflicts[who, bad], 1)
+                        last_a = who
                         last_b = bad
                 if top < MAX_NEST:
                     stack[top] = o
