@@ -24,7 +24,14 @@ def _has_cuda() -> bool:
         return False
 
 
-pytestmark = pytest.mark.skipif(not _has_cuda(), reason="needs a CUDA device (checked on GPU machines)")
+# TAICHI_XRAY_REQUIRE_CUDA=1 (set on GPU machines) turns the skip into a failure: a CUDA check that
+# silently did not run would otherwise look like a pass
+if os.environ.get("TAICHI_XRAY_REQUIRE_CUDA", "") not in ("", "0") and not _has_cuda():
+    def test_cuda_is_required_but_missing():
+        pytest.fail("TAICHI_XRAY_REQUIRE_CUDA is set but no CUDA device/driver is usable by Taichi")
+else:
+    pytestmark = pytest.mark.skipif(not _has_cuda(), reason="needs a CUDA device (checked on GPU machines; "
+                                    "set TAICHI_XRAY_REQUIRE_CUDA=1 to make this a failure)")
 
 SCRIPT = r"""
 import sys, numpy as np, torch

@@ -12,6 +12,9 @@ from taichi_xray.rasterize import KOverflowWarning
 
 from reference import box, box_chord, brute_force, icosphere, signed_volume, torus
 
+# a mesh warning is a failure here unless a test expects it (pytest.warns)
+pytestmark = pytest.mark.filterwarnings("error::taichi_xray.mesh.MeshWarning")
+
 
 def simple_camera(width=48, height=40, f=60.0, dist=200.0, cx=None, cy=None):
     """Source on the -z axis at `dist`, looking along +z; detector rows along +y."""
