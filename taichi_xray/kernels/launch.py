@@ -28,7 +28,8 @@ try:  # internals of taichi 1.7.4
     from taichi.types import ndarray_type as _ndt
     from taichi.types import primitive_types as _pt
 
-    _OK = all(hasattr(_kimpl.Kernel, a) for a in ("ensure_compiled", "compiled_kernels", "arguments"))
+    _OK = all(hasattr(_kimpl.Kernel, a) for a in ("ensure_compiled", "launch_kernel", "materialize")) and hasattr(
+        _kimpl, "_process_args")
 except Exception:  # pragma: no cover - another Taichi version
     _OK = False
 
