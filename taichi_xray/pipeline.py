@@ -107,6 +107,8 @@ class Pipeline:
     dtype : torch.float32 or torch.float64, the precision of the projection (and of the
         physics unless ``physics_dtype`` is given).
     physics_dtype : precision of Beer-Lambert and the output (default: ``dtype``).
+    imaging : :class:`~taichi_xray.physics.imaging.Imaging`: focal spot, heel effect, absolute
+        photons (mAs), falloff, scatter, detector blur/noise/readout (default: none of them).
     K : slot capacity (None = grow as needed, never shrinks).
     deterministic : bitwise reproducible images and gradients (slower).
     overlap : "raise" | "warn" | "allow" for objects that break their nesting.
@@ -117,7 +119,7 @@ class Pipeline:
                  detector=None, air: bool = False, output: str = "line_integral", dtype=torch.float32,
                  K: int | None = None, deterministic: bool = False, overlap: str = "raise",
                  nesting_tol_mm: float = NESTING_TOL_MM, check_nesting: str = "once", label: str | None = None,
-                 physics_dtype=None):
+                 physics_dtype=None, imaging=None):
         runtime.ensure_init()
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
@@ -159,6 +161,11 @@ class Pipeline:
         self.mu_scale = np.ones(P)
         self.spectrum = spectrum if spectrum is not None else Spectrum.monochromatic(60.0)
         self.detector = detector
+        from .physics.imaging import Imaging
+
+        self.imaging = imaging if imaging is not None else Imaging()
+        if not isinstance(self.imaging, Imaging):
+            raise TypeError(f"imaging must be an Imaging, got {type(self.imaging).__name__}")
         self._rz: dict = {}
         self._phys: dict = {}
         self._launch = LaunchCache()
@@ -281,19 +288,44 @@ class Pipeline:
         if self.default_vertices is not None:
             cams = [_front_facing(c, self.default_vertices) for c in cams]
         self.cameras = cams
-        self.instances = instances
         self._ray = {}
+        self._phys.clear()
+        # the cameras rays are cast from: one per view, or one per focal-spot sample
+        self._ray_cameras, self._ray_view, self._ray_weight = [], [], []
+        for v, c in enumerate(cams):
+            for rc, wt in self.imaging.sources(c):
+                self._ray_cameras.append(rc)
+                self._ray_view.append(v)
+                self._ray_weight.append(wt)
+        self.instances = None
+        self._expand(None if instances is None else np.asarray(instances, np.int32))
+
+    def _expand(self, instances) -> None:
+        """Rasterizer instances: each (vertex set, view) for every source position of the view."""
+        user = np.asarray([(0, v) for v in range(len(self.cameras))] if instances is None else instances,
+                          np.int32).reshape(-1, 2)
+        self.instances = None if instances is None else user
+        self._user_instances = user
+        rv = np.asarray(self._ray_view)
+        inst, owner, weight = [], [], []
+        for u, (s, v) in enumerate(user):
+            for rc in np.flatnonzero(rv == v):
+                inst.append((s, rc))
+                owner.append(u)
+                weight.append(self._ray_weight[rc])
+        self._raster_instances = np.asarray(inst, np.int32)
+        self._inst_owner = np.asarray(owner, np.int64)
+        self._inst_weight = np.asarray(weight, np.float64)
+        self._combine = {}
         for rz in self._rz.values():
-            rz.set_cameras(cams, instances)
+            rz.set_cameras(self._ray_cameras, self._raster_instances)
 
     def set_instances(self, instances) -> None:
         if instances is None and self.instances is None:
             return
         if instances is not None and self.instances is not None and np.array_equal(instances, self.instances):
             return
-        self.instances = None if instances is None else np.asarray(instances, np.int32)
-        for rz in self._rz.values():
-            rz.set_cameras(self.cameras, self.instances)
+        self._expand(None if instances is None else np.asarray(instances, np.int32))
 
     @property
     def image_shape(self) -> tuple[int, int]:
@@ -306,6 +338,15 @@ class Pipeline:
     def set_detector(self, detector: Detector | None) -> None:
         self.detector = detector
         self._phys.clear()
+
+    def set_imaging(self, imaging) -> None:
+        """Replace the :class:`~taichi_xray.physics.imaging.Imaging` (sources, detector model...)."""
+        from .physics.imaging import Imaging
+
+        if not isinstance(imaging, Imaging):
+            raise TypeError(f"imaging must be an Imaging, got {type(imaging).__name__}")
+        self.imaging = imaging
+        self.set_cameras(self.cameras, self.instances)
 
     def set_object_weights(self, visible=None, mu_scale=None) -> None:
         """Per object: visibility (a hidden object's volume takes its nearest visible
@@ -363,38 +404,49 @@ class Pipeline:
         dtype = dtype or self.dtype
         if dtype not in self._rz:
             ch, w = self._face_tables(dtype)
-            self._rz[dtype] = Rasterizer(self.faces, self.face_obj, ch, w, self.n_channels, self.cameras,
-                                         self.instances, open_objects=self.open_objects, names=self.names,
+            self._rz[dtype] = Rasterizer(self.faces, self.face_obj, ch, w, self.n_channels, self._ray_cameras,
+                                         self._raster_instances, open_objects=self.open_objects, names=self.names,
                                          dtype=dtype, K=self.K, deterministic=self.deterministic)
         return self._rz[dtype]
 
-    def physics_tables(self, dtype=None, device=None):
-        """(mu (C, E8), w (1, 1, E8), I0) on the kernels' device: the channel materials'
-        attenuation at the spectrum's energies and photons x detector response, padded with
-        zeros to a multiple of the kernel's energy chunk."""
+    def physics_tables(self, dtype=None, device=None, view: int = 0):
+        """(mu (C, E8), w (B, R, E8), I0) on the kernels' device: the channel materials'
+        attenuation at the spectrum's energies and the Beer-Lambert weights of ``view``
+        (photons x detector response; B and R as :meth:`Imaging.weights` says), padded with
+        zeros to a multiple of the kernel's energy chunk. I0 = the unattenuated signal of the
+        first weight set (per pixel; the mean over rows with the heel effect)."""
         dtype = dtype or self.dtype
         device = device or runtime.torch_device()
-        key = (dtype, str(device))
+        key = (dtype, str(device), view if self.imaging.heel else 0)
         if key not in self._phys:
             e = self.spectrum.energies
             E8 = -(-len(e) // kp.E_CHUNK) * kp.E_CHUNK
             mu = np.zeros((self.n_channels, E8))
             mu[:, :len(e)] = np.stack([m.mu(e) for m in self.channel_materials])
-            w = np.zeros((1, 1, E8))
-            w[0, 0, :len(e)] = self.spectrum.photons * (self.detector.response(e) if self.detector is not None
-                                                         else 1.0)
-            I0 = float(w.sum())
+            w0 = self.imaging.weights(self.spectrum, self.detector, self.cameras[view])
+            w = np.zeros(w0.shape[:2] + (E8,))
+            w[:, :, :len(e)] = w0
+            I0 = float(w[0].sum(-1).mean())
             if not (I0 > 0 and np.isfinite(I0)):
                 raise ValueError(f"the spectrum and detector give no signal (I0 = {I0}): check the spectrum")
             self._phys[key] = (torch.as_tensor(mu, dtype=dtype, device=device).contiguous(),
                                torch.as_tensor(w, dtype=dtype, device=device).contiguous(), I0)
         return self._phys[key]
 
+    def _bl_groups(self, dtype, device):
+        """[(instance indices or None for all, w)] : the Beer-Lambert launches of one physics pass
+        (one for all instances; one per view when the weights differ per view: heel effect)."""
+        if not self.imaging.heel:
+            return [(None, self.physics_tables(dtype, device)[1])]
+        rv = np.asarray(self._ray_view)[self._raster_instances[:, 1]]
+        return [(torch.as_tensor(np.flatnonzero(rv == v), device=device), self.physics_tables(dtype, device, v)[1])
+                for v in range(len(self.cameras)) if (rv == v).any()]
+
     def ray_lengths(self, dtype, device) -> torch.Tensor:
-        """(n_cams, H, W) source-to-pixel distances, mm (the air term)."""
+        """(n_ray_cameras, H, W) source-to-pixel distances, mm (the air term)."""
         key = (dtype, str(device))
         if key not in self._ray:
-            self._ray[key] = torch.as_tensor(np.stack([c.ray_lengths() for c in self.cameras]), dtype=dtype,
+            self._ray[key] = torch.as_tensor(np.stack([c.ray_lengths() for c in self._ray_cameras]), dtype=dtype,
                                              device=device)
         return self._ray[key]
 
@@ -447,6 +499,7 @@ class Pipeline:
         if self.air_channel is not None:
             ray = self.ray_lengths(V.dtype, st.L.device)
             st.L[:, self.air_channel] += ray[torch.as_tensor(rz.inst_np[:, 1], device=ray.device)]
+        self._last_L = st.L
         return st
 
     def check_nesting(self, state: RasterState) -> list[str]:
@@ -489,21 +542,95 @@ class Pipeline:
         return out
 
     def physics(self, L: torch.Tensor) -> torch.Tensor:
-        """Stage 3: intensity (B, I, H, W) from channel images L (I, C, H, W) (no gradient)."""
+        """Stage 3: Beer-Lambert sums (B, I, H, W) from channel images L (I, C, H, W) (no gradient)."""
         dt = self.physics_dtype or L.dtype
         mu, w, _ = self.physics_tables(dt, L.device)
         out = torch.zeros((w.shape[0], L.shape[0], L.shape[2], L.shape[3]), dtype=dt, device=L.device)
-        self._launch("bl", kp.beer_lambert, L, mu, w, out, self.n_channels, int(w.shape[0]), 0)
+        for idx, w in self._bl_groups(dt, L.device):
+            if idx is None:
+                self._launch("bl", kp.beer_lambert, L, mu, w, out, self.n_channels, int(w.shape[0]),
+                             self.imaging.rows_mode)
+            else:
+                part = torch.zeros((w.shape[0], len(idx)) + tuple(L.shape[2:]), dtype=dt, device=L.device)
+                kp.beer_lambert(L[idx].contiguous(), mu, w, part, self.n_channels, int(w.shape[0]),
+                                self.imaging.rows_mode)
+                out[:, idx] = part
         return out
 
-    def output_image(self, intensity: torch.Tensor, kind: str | None = None) -> torch.Tensor:
-        """Stage 4 (torch, differentiable): intensity -> the requested kind."""
+    def _sources_combined(self, raw: torch.Tensor) -> torch.Tensor:
+        """(B, I_user, H, W): the Beer-Lambert sums of each (vertex set, view) averaged over the
+        view's source positions (a focal spot), from the rasterizer instances' (B, I, H, W)."""
+        if len(self._inst_owner) == len(self._user_instances):
+            return raw
+        key = (raw.dtype, str(raw.device))
+        if key not in self._combine:
+            M = torch.zeros((len(self._user_instances), len(self._inst_owner)), dtype=raw.dtype, device=raw.device)
+            M[torch.as_tensor(self._inst_owner), torch.arange(len(self._inst_owner))] = torch.as_tensor(
+                self._inst_weight, dtype=raw.dtype)
+            self._combine[key] = M
+        return torch.einsum("ui,bihw->buhw", self._combine[key], raw)
+
+    def output_image(self, raw: torch.Tensor, kind: str | None = None, noise: bool = True) -> torch.Tensor:
+        """Stages 4-5 (torch, differentiable): Beer-Lambert sums (B, I, H, W) of the rasterizer
+        instances -> images (I_user, H', W') of the requested kind: intensity (the detector
+        reading with a detector model), transmission or line integral against the flat field."""
         kind = kind or self.output
+        im = self.imaging
+        x = self._sources_combined(raw)
+        if not im.active:
+            I = x[0]
+            if kind == "intensity":
+                return I
+            _, _, I0 = self.physics_tables(self.physics_dtype or I.dtype, I.device)
+            T = I / I0
+            return T if kind == "transmission" else -torch.log(T)
+        gen = im.generator(x.device) if (noise and im.noise is not None) else None
+        out, flat = [], []
+        for u, (_, v) in enumerate(self._user_instances):
+            cam = self.cameras[v]
+            water = self._water_equivalent(u) if im.scatter is not None else None
+            r = im.form(x[:, u], cam, water, noise=noise, generator=gen)
+            out.append(r.sum(0))  # photon counting: all energy bins together
+            if kind != "intensity":
+                flat.append(self._flat(v, x.dtype, x.device).sum(0))
+        I = torch.stack(out)
         if kind == "intensity":
-            return intensity
-        _, _, I0 = self.physics_tables(self.physics_dtype or intensity.dtype, intensity.device)
-        T = intensity / I0
-        return T if kind == "transmission" else -torch.log(T)
+            return I
+        off = im.reading_offset()
+        T = (I - off) / (torch.stack(flat) - off)
+        if kind == "transmission":
+            return T
+        floor = 0.5 / max(float((torch.stack(flat) - off).max()), 1e-30) if im.noise is not None else 1e-30
+        return -torch.log(torch.clamp(T, min=floor))
+
+    def _flat(self, view: int, dtype, device) -> torch.Tensor:
+        """The expected detector reading with nothing in the beam, (B', H', W'), noise-free."""
+        key = ("flat", view, dtype, str(device))
+        if key not in self._phys:
+            _, w, _ = self.physics_tables(dtype, device, view)  # (B, R, E8)
+            H, W = self.image_shape
+            s = w.sum(-1)  # (B, R)
+            rows = self.imaging.rows_mode
+            sig = (s[:, :, None].expand(-1, H, W) if rows == 1 else s[:, None, :].expand(-1, H, W) if rows == 2
+                   else s[:, :, None].expand(-1, H, W))
+            with torch.no_grad():
+                self._phys[key] = self.imaging.form(sig.contiguous(), self.cameras[view], None if self.imaging.scatter
+                                                    is None else torch.zeros((H, W), dtype=dtype, device=device),
+                                                    noise=False)
+        return self._phys[key]
+
+    def _water_equivalent(self, u: int) -> torch.Tensor:
+        """(H, W) water-equivalent thickness (mm) of user instance u, from its first source's channels."""
+        from .physics.materials import get_material
+
+        L = self._last_L
+        i = int(np.flatnonzero(self._inst_owner == u)[0])
+        e = float(self.spectrum.mean_energy())
+        mu_w = float(get_material("water").mu([e])[0])
+        mus = torch.as_tensor([float(m.mu([e])[0]) for m in self.channel_materials], dtype=L.dtype, device=L.device)
+        if self.air_channel is not None:
+            mus[self.air_channel] = 0.0
+        return torch.einsum("c,chw->hw", mus, L[i]) / mu_w
 
     # ------------------------------------------------------------------ whole renders
     def render(self, vertices=None, *, kind: str | None = None, timings: bool = False) -> torch.Tensor:
@@ -512,6 +639,7 @@ class Pipeline:
         t0 = time.perf_counter()
         V = self.pack_vertices(vertices)
         st = self.project(V)
+        self._last_L = st.L
         if timings:
             _sync()
         t1 = time.perf_counter()
@@ -519,7 +647,8 @@ class Pipeline:
         if self.mode == "objects" or kind == "path_length":
             out = st.L
         else:
-            out = self.output_image(self.physics(st.L), kind)[0]
+            with torch.no_grad():
+                out = self.output_image(self.physics(st.L), kind)
         if timings:
             _sync()
             self.timings = {"rasterize": (t1 - t0) * 1e3, "physics": (time.perf_counter() - t1) * 1e3}
@@ -556,7 +685,7 @@ class Pipeline:
         out = PipelineFunction.apply(self, V, mu_t)
         if self.mode == "objects":
             return out
-        return self.output_image(out[0])
+        return self.output_image(out)
 
     # ------------------------------------------------------------------ Taichi-native autodiff
     def taichi_forward(self, V: torch.Tensor, out: torch.Tensor) -> None:

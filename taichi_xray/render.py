@@ -45,7 +45,7 @@ class RenderResult:
     image : (H, W) float64, the quantity ``[output] kind`` selects (noisy when ``[output] noise``).
     pixels : (H, W) uint8 or uint16, ``image`` windowed (and inverted) for a PNG.
     window : (lo, hi) used for ``pixels``.
-    I0 : float. camera : Camera. timings : {"rasterize", "physics", "output"} in ms.
+    I0 : float. camera : Camera. timings : {"rasterize", "physics", ["imaging",] "output"} in ms.
     nesting : messages about objects that break their nesting (empty when all is well).
     """
 
@@ -176,16 +176,25 @@ def render(scene, camera: Camera | None = None, arch: str | None = None, *, spec
     timings["rasterize"] = (time.perf_counter() - t0) * 1e3
 
     t0 = time.perf_counter()
-    I = pipeline.physics(st.L)[0, 0]
+    raw = pipeline.physics(st.L)
     _sync()
     timings["physics"] = (time.perf_counter() - t0) * 1e3
 
     t0 = time.perf_counter()
     _, _, I0 = pipeline.physics_tables(pipeline.physics_dtype, st.L.device)
-    I = I.detach().cpu().numpy().astype(np.float64)
-    if not np.isfinite(I).all() or (I < 0).any():  # never a silent NaN or negative image
-        raise FloatingPointError(f"{scene.label}: the rendered intensity has NaN or negative values")
-    T = I / I0
+    if pipeline.imaging.active:  # source, scatter and detector model: the reading and its flat field
+        with torch.no_grad():
+            I = pipeline.output_image(raw, "intensity")[0].cpu().numpy().astype(np.float64)
+            T = pipeline.output_image(raw, "transmission")[0].cpu().numpy().astype(np.float64)
+        timings["imaging"] = (time.perf_counter() - t0) * 1e3
+        t0 = time.perf_counter()
+    else:
+        I = raw[0, 0].detach().cpu().numpy().astype(np.float64)
+        T = I / I0
+    if not np.isfinite(I).all() or not np.isfinite(T).all():  # never a silent NaN image
+        raise FloatingPointError(f"{scene.label}: the rendered image has NaN or infinite values")
+    if not pipeline.imaging.active and (I < 0).any():
+        raise FloatingPointError(f"{scene.label}: the rendered intensity has negative values")
     if out.noise is not None:
         n0, seed = out.noise
         rng = np.random.default_rng(seed)
@@ -194,6 +203,8 @@ def render(scene, camera: Camera | None = None, arch: str | None = None, *, spec
     with np.errstate(divide="ignore"):
         # a pixel with no counts gets the line integral of half a photon
         floor = 0.5 / out.noise[0] if out.noise is not None else np.finfo(np.float64).tiny
+        if pipeline.imaging.active:  # a noisy reading can dip to or below the offset: floor at T = 1e-7
+            floor = 1e-7 if pipeline.imaging.noise is not None else np.finfo(np.float64).tiny
         LI = -np.log(np.maximum(T, floor))
     image = {"line_integral": LI, "transmission": T, "intensity": I}[out.kind]
     window = robust_window(image) if out.window is None else tuple(out.window)

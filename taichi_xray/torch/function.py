@@ -92,8 +92,10 @@ class PipelineFunction(torch.autograd.Function):
 
 
 def _beer_lambert_grad(pipe, L: torch.Tensor, grad_I: torch.Tensor) -> torch.Tensor:
-    """dC/dL (I, C, H, W) from dC/dI (B, I, H, W): Taichi's autodiff of the forward kernel."""
-    mu, w, _ = pipe.physics_tables(pipe.physics_dtype or L.dtype, L.device)
+    """dC/dL (I, C, H, W) from dC/dI (B, I, H, W): Taichi's autodiff of the forward kernel (one
+    launch per group of instances that share weights, as in the forward pass)."""
+    dt = pipe.physics_dtype or L.dtype
+    mu, _, _ = pipe.physics_tables(dt, L.device)
     bufs = pipe.__dict__.setdefault("_grad_bufs", {})
 
     def buf(name, like):
@@ -105,13 +107,24 @@ def _beer_lambert_grad(pipe, L: torch.Tensor, grad_I: torch.Tensor) -> torch.Ten
 
     gL = buf("gL", L)
     gL.zero_()
-    gI = buf("gI", grad_I)
-    gI.copy_(grad_I)
-    Lg = L.detach().requires_grad_(True)
-    Lg.grad = gL
-    Ig = buf("I", grad_I).detach().requires_grad_(True)
-    Ig.grad = gI
-    pipe._launch("bl_grad", kp.beer_lambert, Lg, mu, w, Ig, pipe.n_channels, int(w.shape[0]), 0, grad=True)
+    rows = pipe.imaging.rows_mode
+    for idx, w in pipe._bl_groups(dt, L.device):
+        if idx is None:
+            gI = buf("gI", grad_I)
+            gI.copy_(grad_I)
+            Lg = L.detach().requires_grad_(True)
+            Lg.grad = gL
+            Ig = buf("I", grad_I).detach().requires_grad_(True)
+            Ig.grad = gI
+            pipe._launch("bl_grad", kp.beer_lambert, Lg, mu, w, Ig, pipe.n_channels, int(w.shape[0]), rows, grad=True)
+        else:
+            Lg = L[idx].detach().contiguous().requires_grad_(True)
+            Lg.grad = torch.zeros_like(Lg)
+            Ig = torch.zeros((w.shape[0], len(idx)) + tuple(L.shape[2:]), dtype=dt, device=L.device,
+                             requires_grad=True)
+            Ig.grad = grad_I[:, idx].contiguous()
+            kp.beer_lambert.grad(Lg, mu, w, Ig, pipe.n_channels, int(w.shape[0]), rows)
+            gL[idx] += Lg.grad
     return gL
 
 
