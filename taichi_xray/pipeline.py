@@ -155,7 +155,8 @@ class Pipeline:
         if self.mode == "materials" and len(materials) != P:
             raise ValueError(f"{len(materials)} materials for {P} meshes")
         self._geometry(meshes)
-        self.materials = [get_material(m) for m in materials] if materials is not None else None
+        self.materials = [(None if p in self.tets else get_material(m)) for p, m in enumerate(materials)] \
+            if materials is not None else None
         self._channels()
         self.visible = np.ones(P, bool)
         self.mu_scale = np.ones(P)
@@ -177,8 +178,22 @@ class Pipeline:
     # ------------------------------------------------------------------ setup
     def _geometry(self, meshes):
         """Concatenate the objects: global faces, face -> object, vertex offsets, default vertices."""
+        from .objects.tetmesh import TetMesh
+
         Fs, Vs, voff, self.open_objects, self._pending = [], [], [0], [], []
+        self.tets: dict = {}  # object index -> (TetMesh, indices of its faces kept)
+        interior = []
         for p, m in enumerate(meshes):
+            if isinstance(m, TetMesh):  # all faces whose density jump is not zero (or on the boundary)
+                active = m.linear_jumps()[2] if m.kind == "linear" else m.face_jumps()[1]
+                keep = np.flatnonzero(active | m.boundary_mask)
+                V, F = np.asarray(m.vertices, np.float64), np.ascontiguousarray(m.faces[keep], np.int32)
+                self.tets[p] = (m, keep)
+                Vs.append(V)
+                interior.append(~m.boundary_mask[keep])
+                Fs.append(F)
+                voff.append(voff[-1] + len(V))
+                continue
             if isinstance(m, Mesh) or (isinstance(m, tuple) and len(m) == 2):
                 V, F, closed = prepare_mesh(m, self.names[p], stacklevel=4)
                 Vs.append(V)
@@ -198,7 +213,9 @@ class Pipeline:
                 self._pending.append(p)
                 V = np.zeros((n, 3))
             Fs.append(F)
+            interior.append(np.zeros(len(F), bool))
             voff.append(voff[-1] + len(V))
+        self.face_interior = np.concatenate(interior)  # faces between two tetrahedra of one object
         self.vertex_offsets = np.asarray(voff, np.int64)
         self._faces_local = Fs
         self.faces = np.concatenate([F + voff[p] for p, F in enumerate(Fs)]).astype(np.int32)
@@ -231,18 +248,33 @@ class Pipeline:
     def _channels(self):
         P = len(self.names)
         if self.mode == "objects":
+            if self.tets:
+                raise ValueError("path-length pipelines (output='path_length') take surface meshes only; a "
+                                 "tetrahedral mesh renders its density integrals in a pipeline with materials")
             self.channel_names = list(self.names)
             self.channel_materials = None
             self.obj_channel = np.arange(P)
             self.air_channel = None
             return
         keys, mats, obj_ch = {}, [], []
-        for m in self.materials:
+
+        def channel(m):
             k = material_key(m)
             if k not in keys:
                 keys[k] = len(mats)
                 mats.append(m)
-            obj_ch.append(keys[k])
+            return keys[k]
+
+        self.tet_channels = {}
+        for p, m in enumerate(self.materials):
+            if p in self.tets:  # a tetrahedral mesh: one channel per basis material
+                self.tet_channels[p] = [channel(get_material(b)) for b in self.tets[p][0].basis]
+                obj_ch.append(-1)
+                if any(q == p for q in self.parents):
+                    raise ValueError(f"'{self.names[p]}' is a tetrahedral mesh with a varying density: objects cannot "
+                                     "be nested inside it (put them beside it, or in its parent)")
+            else:
+                obj_ch.append(channel(m))
         self.air_channel = None
         if self.air:
             air = get_material("air")
@@ -364,6 +396,7 @@ class Pipeline:
             self.mu_scale = s
         for rz in self._rz.values():
             rz.set_weights(*self._face_tables(rz.dtype))
+            self._set_linear(rz)
 
     def object_weights(self):
         """(ch (P, 2) int, w (P, 2) float): each object's faces add w[p, 0] x signed depth to
@@ -377,7 +410,7 @@ class Pipeline:
             w[:, 0] = 1.0
             return ch, w
         for q in range(P):
-            if not self.visible[q]:
+            if not self.visible[q] or q in self.tets:  # tetrahedral meshes: per-face tables (_face_tables)
                 continue
             p = self.parents[q]
             while p >= 0 and not self.visible[p]:
@@ -395,19 +428,211 @@ class Pipeline:
                     ch[q, 1], w[q, 1] = outer[0], -outer[1]
         return ch, w
 
+    def _structure(self):
+        """Per object and column: (channel, [(object or P for the constant 1, coefficient)]), so that
+        a face weight = sum coef * s[object] with s = the objects' attenuation scales. The same
+        rules as :meth:`object_weights` without dropping weights that are zero at the current
+        scales (their gradients are not zero)."""
+        P = self.n_objects
+        out = [[(-1, []), (-1, [])] for _ in range(P)]
+        for q in range(P):
+            if not self.visible[q] or q in self.tets:
+                continue
+            p = self.parents[q]
+            while p >= 0 and not self.visible[p]:
+                p = self.parents[p]
+            ci = int(self.obj_channel[q])
+            co, so = (int(self.obj_channel[p]), p) if p >= 0 else \
+                ((self.air_channel, P) if self.air_channel is not None else (-1, P))
+            if ci == co:
+                out[q][0] = (ci, [(q, 1.0), (so, -1.0)])
+            else:
+                out[q][0] = (ci, [(q, 1.0)])
+                if co >= 0:
+                    out[q][1] = (co, [(so, -1.0)])
+        return out
+
+    def torch_face_tables(self, mu_scale=None, densities=None, vertices=None, dtype=torch.float64):
+        """Face tables as differentiable torch functions of ``mu_scale`` (P,) and of the densities of
+        tetrahedral meshes ({object: (T, B) per tetrahedron or (N, B) per vertex}), and of the
+        vertices (N, 3) for per-vertex densities: (face_ch (M, J) int numpy, face_w (M, J) torch,
+        (lin_idx, face_lin (1, ML, J, 4), obj_xref (1, P, 3)) or None)."""
+        from .objects.tetmesh import constant_jumps, linear_jumps
+
+        P = self.n_objects
+        dev = runtime.torch_device()
+        s = torch.ones(P + 1, dtype=dtype, device=dev) if mu_scale is None else \
+            torch.cat([torch.as_tensor(mu_scale, device=dev).to(dtype), torch.ones(1, dtype=dtype, device=dev)])
+        struct = self._structure()
+        J = max([2] + [len(t.basis) + 1 for t, _ in self.tets.values()])
+        ch_obj = np.full((P, J), -1, np.int64)
+        cols = []
+        for j in range(2):
+            terms = []
+            for q in range(P):
+                c, lst = struct[q][j]
+                ch_obj[q, j] = c
+                terms.append(sum((coef * s[o] for o, coef in lst), torch.zeros((), dtype=dtype, device=dev)))
+            cols.append(torch.stack(terms))
+        w_obj = torch.stack(cols + [torch.zeros(P, dtype=dtype, device=dev)] * (J - 2), 1)  # (P, J)
+        fo = torch.as_tensor(self.face_obj, device=dev).long()
+        W = w_obj[fo]
+        ch = ch_obj[self.face_obj]
+        densities = dict(densities or {})
+        lin_tabs = None
+        for p, (tm, keep) in self.tets.items():
+            sel = np.flatnonzero(self.face_obj == p)
+            q = self.parents[p]
+            while q >= 0 and not self.visible[q]:
+                q = self.parents[q]
+            co, so = (int(self.obj_channel[q]), q) if q >= 0 else \
+                ((self.air_channel, P) if self.air_channel is not None else (-1, P))
+            B = len(tm.basis)
+            rows = torch.zeros((len(sel), J), dtype=dtype, device=dev)
+            ch[sel] = -1
+            if self.visible[p]:
+                ch[sel, :B] = np.asarray(self.tet_channels[p])[None]
+                if co >= 0:
+                    ch[sel, B] = np.where(tm.boundary_mask[keep], co, -1)
+                    rows[:, B] = torch.as_tensor(np.where(tm.boundary_mask[keep], -1.0, 0.0), dtype=dtype,
+                                                 device=dev) * s[so]
+                if tm.kind == "constant":
+                    d = densities.get(p, densities.get(self.names[p]))
+                    d = torch.as_tensor(tm.densities if d is None else d, device=dev).to(dtype)
+                    jm = constant_jumps(d, torch.as_tensor(tm.face_tets, device=dev))[torch.as_tensor(keep)]
+                    rows[:, :B] = jm * s[p]
+            W = W.index_copy(0, torch.as_tensor(sel, device=dev), rows)
+        if self.linear_tets:
+            lin_idx = np.full(len(self.faces), -1, np.int64)
+            tabs, X, n = [], torch.zeros((1, P, 3), dtype=dtype, device=dev), 0
+            for p in self.linear_tets:
+                tm, keep = self.tets[p]
+                sel = np.flatnonzero(self.face_obj == p)
+                lin_idx[sel] = n + np.arange(len(sel))
+                n += len(sel)
+                a, b = self.vertex_offsets[p], self.vertex_offsets[p + 1]
+                Vp = (torch.as_tensor(tm.vertices) if vertices is None else vertices[a:b]).to(device=dev, dtype=dtype)
+                xr = Vp.detach().mean(0)
+                d = densities.get(p, densities.get(self.names[p]))
+                d = torch.as_tensor(tm.densities if d is None else d, device=dev).to(dtype)
+                jl = linear_jumps(Vp, torch.as_tensor(tm.tets, device=dev), d, torch.as_tensor(tm.face_tets, device=dev),
+                                  xr)[torch.as_tensor(keep)]
+                B = len(tm.basis)
+                tab = torch.zeros((len(sel), J, 4), dtype=dtype, device=dev)
+                tab = torch.cat([jl * s[p], tab[:, B:]], 1) if J > B else jl * s[p]
+                tab = tab.clone()
+                tab[:, :, 0] = tab[:, :, 0] + torch.cat([torch.zeros((len(sel), B), dtype=dtype, device=dev),
+                                                         W[torch.as_tensor(sel, device=dev), B:]], 1) if J > B else 0
+                tabs.append(tab)
+                X = X.index_copy(1, torch.as_tensor([p], device=dev), xr[None, None])
+            lin_tabs = (lin_idx, torch.cat(tabs)[None], X)
+        return ch, W, lin_tabs
+
     def _face_tables(self, dtype):
         ch, w = self.object_weights()
-        J = 1 if self.mode == "objects" else 2
-        return ch[self.face_obj][:, :J], w[self.face_obj][:, :J]
+        if self.mode == "objects":
+            return ch[self.face_obj][:, :1], w[self.face_obj][:, :1]
+        fch, fw = ch[self.face_obj], w[self.face_obj]
+        if not self.tets:
+            return fch, fw
+        J = max([2] + [len(t.basis) + 1 for t, _ in self.tets.values()])
+        out_ch = np.full((len(fch), J), -1, np.int64)
+        out_w = np.zeros((len(fch), J))
+        out_ch[:, :2], out_w[:, :2] = fch, fw
+        for p, (tm, keep) in self.tets.items():
+            sel = np.flatnonzero(self.face_obj == p)
+            out_ch[sel], out_w[sel] = -1, 0.0
+            if not self.visible[p]:
+                continue
+            q = self.parents[p]
+            while q >= 0 and not self.visible[q]:
+                q = self.parents[q]
+            outer = (int(self.obj_channel[q]), float(self.mu_scale[q])) if q >= 0 else \
+                ((self.air_channel, 1.0) if self.air_channel is not None else (-1, 0.0))
+            B = len(tm.basis)
+            if tm.kind == "linear":  # the weights live in the affine tables (_linear_tables)
+                jl = tm.linear_jumps()[0][keep]
+                tch = np.where(np.abs(jl).max(-1) > 0, np.asarray(self.tet_channels[p])[None], -1)
+                if outer[0] >= 0:
+                    tch = np.concatenate([tch, np.where(tm.boundary_mask[keep], outer[0], -1)[:, None]], 1)
+                tw = np.zeros(tch.shape)
+            else:
+                tch, tw, _ = tm.face_channels(self.tet_channels[p], parent_channel=outer[0] if outer[0] >= 0 else None)
+                tch, tw = tch[keep], tw[keep]
+                tw[:, :B] *= self.mu_scale[p]
+                if tch.shape[1] > B:
+                    tw[:, B] *= outer[1]
+            out_ch[sel, :tch.shape[1]], out_w[sel, :tch.shape[1]] = tch, tw
+        return out_ch, out_w
+
+    @property
+    def linear_tets(self) -> list:
+        return [p for p, (tm, _) in self.tets.items() if tm.kind == "linear"]
+
+    def _linear_tables(self, vertices=None):
+        """Affine density tables of the tetrahedral meshes with per-vertex densities:
+        (lin_idx (M,) int, face_lin (1, ML, J, 4), obj_xref (1, P, 3)), numpy, or torch (differentiable
+        in the vertices) when ``vertices`` (N, 3) is a torch tensor; None without such meshes."""
+        from .objects.tetmesh import linear_jumps
+
+        lin = self.linear_tets
+        if not lin:
+            return None
+        ch, _ = self._face_tables(self.dtype)
+        J = ch.shape[1]
+        lin_idx = np.full(len(self.faces), -1, np.int64)
+        rows, xref, n = [], {}, 0
+        is_t = isinstance(vertices, torch.Tensor)
+        for p in lin:
+            tm, keep = self.tets[p]
+            sel = np.flatnonzero(self.face_obj == p)
+            lin_idx[sel] = n + np.arange(len(sel))
+            n += len(sel)
+            a, b = self.vertex_offsets[p], self.vertex_offsets[p + 1]
+            if is_t:
+                Vp = vertices[a:b].to(torch.float64)
+                xr = Vp.mean(0)
+                dens = torch.as_tensor(tm.densities, dtype=torch.float64, device=Vp.device)
+                jl = linear_jumps(Vp, torch.as_tensor(tm.tets, device=Vp.device), dens,
+                                  torch.as_tensor(tm.face_tets, device=Vp.device), xr)[torch.as_tensor(keep)]
+            else:
+                xr = np.asarray(tm.vertices, np.float64).mean(0)
+                jl = torch.as_tensor(tm.linear_jumps(xr)[0][keep])
+            q = self.parents[p]
+            while q >= 0 and not self.visible[q]:
+                q = self.parents[q]
+            s_out = float(self.mu_scale[q]) if q >= 0 else 1.0
+            B = len(tm.basis)
+            tab = torch.zeros((len(sel), J, 4), dtype=torch.float64, device=jl.device)
+            scale = float(self.mu_scale[p]) if self.visible[p] else 0.0
+            tab = torch.cat([jl * scale, tab[:, B:]], 1) if J > B else jl * scale
+            if J > B:  # the parent's material, removed inside the mesh: a constant weight on the boundary
+                par = torch.as_tensor(np.where(tm.boundary_mask[keep], -s_out, 0.0), dtype=torch.float64,
+                                      device=jl.device)
+                tab = tab.clone()
+                tab[:, B, 0] = par
+            rows.append(tab)
+            xref[p] = xr
+        face_lin = torch.cat(rows)[None]
+        X = torch.zeros((1, self.n_objects, 3), dtype=torch.float64, device=face_lin.device)
+        for p, xr in xref.items():
+            X[0, p] = torch.as_tensor(xr, dtype=torch.float64, device=face_lin.device)
+        return lin_idx, face_lin, X
 
     def rasterizer(self, dtype=None) -> Rasterizer:
         dtype = dtype or self.dtype
         if dtype not in self._rz:
             ch, w = self._face_tables(dtype)
-            self._rz[dtype] = Rasterizer(self.faces, self.face_obj, ch, w, self.n_channels, self._ray_cameras,
-                                         self._raster_instances, open_objects=self.open_objects, names=self.names,
-                                         dtype=dtype, K=self.K, deterministic=self.deterministic)
+            rz = Rasterizer(self.faces, self.face_obj, ch, w, self.n_channels, self._ray_cameras,
+                            self._raster_instances, open_objects=self.open_objects, names=self.names,
+                            dtype=dtype, K=self.K, deterministic=self.deterministic)
+            self._rz[dtype] = rz
+            self._set_linear(rz)
         return self._rz[dtype]
+
+    def _set_linear(self, rz, vertices=None):
+        tabs = self._linear_tables(vertices)
+        rz.set_linear(*(tabs if tabs is not None else (None, None, None)))
 
     def physics_tables(self, dtype=None, device=None, view: int = 0):
         """(mu (C, E8), w (B, R, E8), I0) on the kernels' device: the channel materials'
@@ -506,7 +731,7 @@ class Pipeline:
         """Find objects outside their parent or overlapping others in ``state``'s slots;
         raise, warn or allow as ``overlap`` says. Returns the messages."""
         rz = self.rasterizer(state.V.dtype)
-        conf = rz.nesting_conflicts(state, self.parents, self.nesting_tol_mm)
+        conf = rz.nesting_conflicts(state, self.parents, self.nesting_tol_mm, self.face_interior)
         msgs = []
         done = set()
         for a, b in zip(*np.nonzero(conf)):
@@ -654,10 +879,11 @@ class Pipeline:
             self.timings = {"rasterize": (t1 - t0) * 1e3, "physics": (time.perf_counter() - t1) * 1e3}
         return out
 
-    def render_torch(self, vertices, mu_scale=None) -> torch.Tensor:
+    def render_torch(self, vertices, mu_scale=None, densities=None) -> torch.Tensor:
         """Differentiable render: P vertex tensors (N_p, 3) or (S, N_p, 3) -> (I, H, W) images of
-        ``output`` (or (I, P, H, W) path lengths), with gradients to the vertices and to
-        ``mu_scale`` (P,) per-object attenuation factors."""
+        ``output`` (or (I, P, H, W) path lengths), with gradients to the vertices, to ``mu_scale``
+        (P,) per-object attenuation factors, and to the densities of tetrahedral meshes
+        (``densities = {object name or index: (T, B) or (N, B) tensor}``)."""
         from .torch.function import PipelineFunction
 
         parts = [vertices] if isinstance(vertices, torch.Tensor) and vertices.ndim == 2 and self.n_objects == 1 \
@@ -673,16 +899,26 @@ class Pipeline:
                                 f"vertices[0] is {dt}")
         V = self.pack_vertices(parts, dtype=dt) if self.n_objects > 1 or parts[0].ndim == 3 else \
             self.pack_vertices(parts[0], dtype=dt)
-        if V.requires_grad is False and any(p.requires_grad for p in parts):  # pragma: no cover
-            raise RuntimeError("internal: vertex packing lost the autograd graph")
-        mu_t = None
         if mu_scale is not None:
             if self.mode == "objects":
                 raise ValueError("mu_scale needs a pipeline with materials")
-            mu_t = torch.as_tensor(mu_scale, dtype=dt, device=V.device)
-            if mu_t.shape != (self.n_objects,):
-                raise ValueError(f"mu_scale must have shape ({self.n_objects},), got {tuple(mu_t.shape)}")
-        out = PipelineFunction.apply(self, V, mu_t)
+            if torch.as_tensor(mu_scale).shape != (self.n_objects,):
+                raise ValueError(f"mu_scale must have shape ({self.n_objects},), got "
+                                 f"{tuple(torch.as_tensor(mu_scale).shape)}")
+        if densities and not self.tets:
+            raise ValueError("densities are for tetrahedral meshes; this pipeline has none")
+        self._check_pending(V)  # faces given alone: orientation checked with these vertices (once)
+        tables = None
+        moving_lin = bool(self.linear_tets) and (V.requires_grad or V.shape[0] > 1 or self.default_vertices is None
+                                                 or not np.allclose(V[0].detach().cpu().numpy(), self.default_vertices))
+        if mu_scale is not None or densities or moving_lin:
+            if V.shape[0] > 1 and self.linear_tets:
+                raise ValueError("a batch of vertex sets with per-vertex tetrahedral densities: render them one at a "
+                                 "time")
+            ch, W, lin = self.torch_face_tables(mu_scale, densities, V[0] if self.linear_tets else None, dtype=dt)
+            tables = (ch, W, lin)
+        out = PipelineFunction.apply(self, V, tables, *(() if tables is None else
+                                                        (tables[1],) + (tuple(tables[2][1:]) if tables[2] else ())))
         if self.mode == "objects":
             return out
         return self.output_image(out)

@@ -222,6 +222,8 @@ class Rasterizer:
         self._launch = LaunchCache()
         self._bufs: dict = {}
         self._gen: dict = {}
+        self.linear = None
+        self.linear_grads = None
         self.set_cameras(cameras, instances)
 
     def generation(self, tag: str = "") -> int:
@@ -329,9 +331,10 @@ class Rasterizer:
                 balance.zero_()
             pre = V.shape[1] * I >= PREPROJECT_VERTICES
             proj = self._buf("proj", (I, V.shape[1], 4), self.dtype) if pre else self._dummy(3, self.dtype)
+            li, fl, xr = self._linear_args(V)
             self._launch(t + "fwd", kr.raster_forward, V, self.F, self.face_obj, self.face_ch, self.face_w,
-                         self.face_bal, self.inst, self.cam, ref, proj, L, count, sf, sd, balance, status, self.J,
-                         int(store), int(track), int(pre), self.real)
+                         self.face_bal, self.inst, self.cam, ref, proj, L, count, sf, sd, balance, status, li, fl, xr,
+                         self.J, int(store), int(track), int(pre), int(self.linear is not None), self.real)
             # one device -> host transfer for all the counters
             parts = [status.reshape(-1)]
             if store:
@@ -432,10 +435,56 @@ class Rasterizer:
         else:
             gsd = grad_sd.detach().to(device=self.device, dtype=self.dtype).contiguous() if grad_sd is not None \
                 else self._dummy(4, self.dtype)
+            li, fl, xr = self._linear_args(V)
+            lin = self.linear is not None
+            g_lin = torch.zeros_like(fl) if (lin and want_w) else self._dummy(4, self.dtype)
+            g_xr = torch.zeros_like(xr) if (lin and want_w) else self._dummy(3, self.dtype)
             self._launch("bwd", kr.raster_backward, V, self.F, self.face_ch, self.face_w, self.inst, self.cam,
-                         state.ref, state.count, state.slot_face, state.slot_depth, flags, g, gsd, grad_V, grad_w, self.J,
-                         int(grad_sd is not None), int(want_w), self.real)
+                         state.ref, state.count, state.slot_face, state.slot_depth, flags, g, gsd, grad_V, grad_w,
+                         self.face_obj, li, fl, xr, g_lin, g_xr, self.J, int(grad_sd is not None), int(want_w),
+                         int(lin), self.real)
+            if lin and want_w:
+                self.linear_grads = (g_lin, g_xr)
         return grad_V, (grad_w if want_w else None)
+
+    # ------------------------------------------------------------------ affine densities
+    def set_linear(self, lin_idx, face_lin, obj_xref) -> None:
+        """Faces with affine density jumps (tetrahedral meshes, density linear per tetrahedron).
+
+        lin_idx : (M,) int, row of each face in ``face_lin`` (-1: the face keeps its constant
+        weights). face_lin : (S or 1, ML, J, 4) per column: the jump c of the density at the
+        object's reference point and the jump of its gradient (1/mm), world frame, per vertex
+        set. obj_xref : (S or 1, P, 3) reference point of each object (mm). None: no affine
+        faces. After a backward with ``want_w``, ``linear_grads`` = (d/d face_lin, d/d obj_xref).
+        """
+        if lin_idx is None:
+            self.linear = None
+            return
+        if self.deterministic:
+            raise ValueError("deterministic=True does not support affine densities (tetrahedral meshes with "
+                             "per-vertex densities); use per-tetrahedron (constant) densities")
+        li = torch.as_tensor(np.asarray(lin_idx) if not isinstance(lin_idx, torch.Tensor) else lin_idx)
+        fl = torch.as_tensor(face_lin).to(device=self.device, dtype=self.dtype).contiguous()
+        xr = torch.as_tensor(obj_xref).to(device=self.device, dtype=self.dtype).contiguous()
+        if li.shape != (len(self.F),) or fl.ndim != 4 or fl.shape[2:] != (self.J, 4) or xr.ndim != 3 \
+                or xr.shape[1:] != (self.P, 3) or fl.shape[0] != xr.shape[0]:
+            raise ValueError(f"affine densities: lin_idx (M={len(self.F)},), face_lin (S, ML, J={self.J}, 4), obj_xref "
+                             f"(S, P={self.P}, 3); got {tuple(li.shape)}, {tuple(fl.shape)}, {tuple(xr.shape)}")
+        if len(li) and int(li.max()) >= fl.shape[1]:
+            raise ValueError("lin_idx points past the rows of face_lin")
+        self.linear = (li.to(device=self.device, dtype=torch.int32).contiguous(), fl, xr)
+
+    def _linear_args(self, V):
+        if self.linear is None:
+            return self._dummy(1, torch.int32), self._dummy(4, self.dtype), self._dummy(3, self.dtype)
+        li, fl, xr = self.linear
+        if fl.shape[0] not in (1, V.shape[0]) or xr.shape[0] != fl.shape[0]:
+            raise ValueError(f"affine densities are given for {fl.shape[0]} vertex sets, the call has {V.shape[0]}")
+        if fl.shape[0] == 1 and V.shape[0] > 1:
+            fl = fl.expand(V.shape[0], -1, -1, -1).contiguous()
+            xr = xr.expand(V.shape[0], -1, -1).contiguous()
+            self.linear = (li, fl, xr)
+        return li, fl, xr
 
     def _corners(self, n_vertices: int):
         key = ("corners", n_vertices)
@@ -449,9 +498,10 @@ class Rasterizer:
         return self._bufs[key]
 
     # ------------------------------------------------------------------ nesting
-    def nesting_conflicts(self, state: RasterState, parents, tol_mm: float = 0.05) -> np.ndarray:
-        """(P, P) int64: [a, b] pixels where object a breaks the nesting against b (b = a:
-        a lies outside its parent). Sorts the state's slots by depth (in place)."""
+    def nesting_conflicts(self, state: RasterState, parents, tol_mm: float = 0.05, face_skip=None) -> np.ndarray:
+        """(P, P) int64: [a, b] pixels where object a breaks the nesting against b (see the kernel).
+        face_skip : (M,) bool, faces that are not a surface of their object (inside a tetrahedral
+        mesh). Sorts the state's slots by depth (in place)."""
         if state.K == 0:
             raise RuntimeError("the nesting check needs the slots (keep_slots=True)")
         par = np.asarray(parents, dtype=np.int32)
@@ -462,7 +512,12 @@ class Rasterizer:
                 q, d = par[q], d + 1
             level[p] = d
         conf = torch.zeros((self.P, self.P), dtype=torch.int32, device=self.device)
+        key = ("face_skip", None if face_skip is None else int(np.count_nonzero(face_skip)))
+        if key not in self._bufs:
+            fs = np.zeros(len(self.F), np.int32) if face_skip is None else np.asarray(face_skip, np.int32)
+            self._bufs[key] = torch.as_tensor(fs, device=self.device).contiguous()
         self._launch("nest", kr.check_nesting, state.count, state.slot_face, state.slot_depth, self.face_obj,
+                     self._bufs[key],
                      torch.as_tensor(par, device=self.device), torch.as_tensor(level, device=self.device), conf,
                      float(tol_mm))
         return conf.cpu().numpy().astype(np.int64)

@@ -169,6 +169,23 @@ def _relative(sd, w0, dl):
     return out
 
 
+@ti.func
+def _affine(face_lin: ti.template(), obj_xref: ti.template(), vs, li, j, o, cam: ti.template(), cm, ref: ti.template(),
+            i, dx, dy, dz, dl, real: ti.template()):
+    """(alpha, beta) of column j of affine face row li on the ray d (see raster_forward)."""
+    w0 = ref[i, 3]
+    # x0 - x_ref = (s - x_ref) + w0 d
+    qx = cam[cm, 21] - obj_xref[vs, o, 0] + w0 * dx
+    qy = cam[cm, 22] - obj_xref[vs, o, 1] + w0 * dy
+    qz = cam[cm, 23] - obj_xref[vs, o, 2] + w0 * dz
+    gx = ti.cast(face_lin[vs, li, j, 1], real)
+    gy = ti.cast(face_lin[vs, li, j, 2], real)
+    gz = ti.cast(face_lin[vs, li, j, 3], real)
+    al = ti.cast(face_lin[vs, li, j, 0], real) + gx * qx + gy * qy + gz * qz
+    be = (gx * dx + gy * dy + gz * dz) / dl
+    return al, be
+
+
 @ti.kernel
 def raster_forward(
     V: ti.types.ndarray(),  # (S, N, 3) vertex sets, world mm
@@ -187,10 +204,14 @@ def raster_forward(
     slot_depth: ti.types.ndarray(),  # (I, H, W, K) signed depths
     balance: ti.types.ndarray(),  # (I, B, H, W) int32 sums of signs (zero on entry); used when track != 0
     status: ti.types.ndarray(),  # (I, N_STATUS, P) int32 (zero on entry)
+    lin_idx: ti.types.ndarray(),  # (M,) int32 row in face_lin (-1 = constant weights); read when lin != 0
+    face_lin: ti.types.ndarray(),  # (S, ML, J, 4) per column: density jump c at x_ref and its gradient jump
+    obj_xref: ti.types.ndarray(),  # (S, P, 3) reference point of each object's affine fields
     J: ti.template(),
     store: ti.template(),
     track: ti.template(),
     pre: ti.template(),
+    lin: ti.template(),
     real: ti.template(),
 ):
     """One launch over (instance, face): project, cull, cover, and accumulate signed depths.
@@ -210,6 +231,13 @@ def raster_forward(
     balance on every ray, so the sums are the same, but the terms are the size of the
     scene rather than its distance from the source and carry float32 precision relative
     to that size. Slots keep the absolute signed depth.
+
+    With ``lin``, faces with ``lin_idx >= 0`` carry affine density jumps instead of constant
+    weights (tetrahedral meshes with densities linear in each tetrahedron): with the point
+    x0 = s + w0 d of the ray at the reference depth, tau = (w - w0) |d| and the face's jump
+    ``c + dg . (x - x_ref)`` for channel j, the face adds ``sign (tau alpha + tau^2 beta / 2)``
+    with ``alpha = c + dg . (x0 - x_ref)``, ``beta = dg . d/|d|``: along the ray the density
+    of a tetrahedron is alpha + beta tau, and these terms telescope to its integral.
     """
     H = L.shape[2]
     W = L.shape[3]
@@ -268,10 +296,22 @@ def raster_forward(
                                 S = e0 * iw0 + e1 * iw1 + e2 * iw2  # 1 / w
                                 sd = sg * dl / S
                                 sdr = sg * dl * (e0 * jw0 + e1 * jw1 + e2 * jw2) / S  # sign * (w - w0) |d|
-                                for j in ti.static(range(J)):
-                                    ch = face_ch[f, j]
-                                    if ch >= 0:
-                                        ti.atomic_add(L[i, ch, r, c], face_w[f, j] * sdr)
+                                li = -1
+                                if ti.static(lin):
+                                    li = lin_idx[f]
+                                if li < 0:
+                                    for j in ti.static(range(J)):
+                                        ch = face_ch[f, j]
+                                        if ch >= 0:
+                                            ti.atomic_add(L[i, ch, r, c], face_w[f, j] * sdr)
+                                else:  # affine densities: sign * (tau alpha + tau^2 beta / 2)
+                                    for j in ti.static(range(J)):
+                                        ch = face_ch[f, j]
+                                        if ch >= 0:
+                                            al, be = _affine(face_lin, obj_xref, vs, li, j, face_obj[f], cam, cm, ref, i,
+                                                             dx, dy, dz, dl, real)
+                                            tau = sg * sdr
+                                            ti.atomic_add(L[i, ch, r, c], sg * tau * (al + 0.5 * tau * be))
                                 if ti.static(store):
                                     k = ti.atomic_add(count[i, r, c], 1)
                                     if k < K:
@@ -388,9 +428,16 @@ def raster_backward(
     grad_sd: ti.types.ndarray(),  # (I, H, W, K) extra gradient per slot depth; read when with_sd != 0
     grad_V: ti.types.ndarray(),  # (S, N, 3), accumulated
     grad_w: ti.types.ndarray(),  # (M, J), accumulated when with_w != 0
+    face_obj: ti.types.ndarray(),  # (M,) int32
+    lin_idx: ti.types.ndarray(),  # (M,) int32 (see raster_forward); read when lin != 0
+    face_lin: ti.types.ndarray(),  # (S, ML, J, 4)
+    obj_xref: ti.types.ndarray(),  # (S, P, 3)
+    grad_lin: ti.types.ndarray(),  # (S, ML, J, 4), accumulated when lin and with_w
+    grad_xref: ti.types.ndarray(),  # (S, P, 3), accumulated when lin and with_w
     J: ti.template(),
     with_sd: ti.template(),
     with_w: ti.template(),
+    lin: ti.template(),
     real: ti.template(),
 ):
     """Backward through the saved slots (pixel-parallel, atomic on vertices).
@@ -412,14 +459,43 @@ def raster_backward(
             for k in range(n):
                 f = slot_face[i, r, c, k]
                 g = ti.cast(0, real)
-                for j in ti.static(range(J)):
-                    ch = face_ch[f, j]
-                    if ch >= 0:
-                        gl = ti.cast(grad_L[i, ch, r, c], real)
-                        g += face_w[f, j] * gl
-                        if ti.static(with_w):
-                            sdr = _relative(ti.cast(slot_depth[i, r, c, k], real), ref[i, 3], dl)
-                            ti.atomic_add(grad_w[f, j], gl * sdr)
+                li = -1
+                if ti.static(lin):
+                    li = lin_idx[f]
+                if li < 0:
+                    for j in ti.static(range(J)):
+                        ch = face_ch[f, j]
+                        if ch >= 0:
+                            gl = ti.cast(grad_L[i, ch, r, c], real)
+                            g += face_w[f, j] * gl
+                            if ti.static(with_w):
+                                sdr = _relative(ti.cast(slot_depth[i, r, c, k], real), ref[i, 3], dl)
+                                ti.atomic_add(grad_w[f, j], gl * sdr)
+                else:
+                    sd = ti.cast(slot_depth[i, r, c, k], real)
+                    sg = ti.cast(1, real)
+                    if sd < 0:
+                        sg = -sg
+                    tau = sg * _relative(sd, ref[i, 3], dl)
+                    o = face_obj[f]
+                    for j in ti.static(range(J)):
+                        ch = face_ch[f, j]
+                        if ch >= 0:
+                            gl = ti.cast(grad_L[i, ch, r, c], real)
+                            al, be = _affine(face_lin, obj_xref, vs, li, j, o, cam, cm, ref, i, dx, dy, dz, dl, real)
+                            g += gl * (al + tau * be)  # d(contribution)/d(signed depth): the jump at the crossing
+                            if ti.static(with_w):
+                                # d/dc = sign tau; d/d(dg) = sign (tau (x0 - x_ref) + tau^2 d^ / 2); d/dx_ref = -sign tau dg
+                                w0 = ref[i, 3]
+                                q = ti.Vector([cam[cm, 21] - obj_xref[vs, o, 0] + w0 * dx,
+                                               cam[cm, 22] - obj_xref[vs, o, 1] + w0 * dy,
+                                               cam[cm, 23] - obj_xref[vs, o, 2] + w0 * dz])
+                                dh = ti.Vector([dx, dy, dz]) / dl
+                                a = gl * sg * tau
+                                ti.atomic_add(grad_lin[vs, li, j, 0], a)
+                                for e in ti.static(range(3)):
+                                    ti.atomic_add(grad_lin[vs, li, j, 1 + e], a * (q[e] + 0.5 * tau * dh[e]))
+                                    ti.atomic_add(grad_xref[vs, o, e], -a * ti.cast(face_lin[vs, li, j, 1 + e], real))
                 if ti.static(with_sd):
                     g += ti.cast(grad_sd[i, r, c, k], real)
                 if g != 0:
@@ -578,6 +654,7 @@ def check_nesting(
     slot_face: ti.types.ndarray(),  # (I, H, W, K) int32, sorted in place by depth
     slot_depth: ti.types.ndarray(),  # (I, H, W, K), sorted in place
     face_obj: ti.types.ndarray(),  # (M,) int32
+    face_skip: ti.types.ndarray(),  # (M,) int32, 1 = not a surface of its object (between two tetrahedra)
     parent: ti.types.ndarray(),  # (P,) int32, -1 = top level
     level: ti.types.ndarray(),  # (P,) int32 depth in the object tree (top level = 0)
     conflicts: ti.types.ndarray(),  # (P, P) int32, accumulated: [a, b] pixels where a conflicts with b
@@ -645,6 +722,8 @@ def check_nesting(
         last_b = -1
         for a in range(n):
             o = face_obj[slot_face[i, r, c, a]]
+            if face_skip[slot_face[i, r, c, a]] != 0:
+                continue
             if slot_depth[i, r, c, a] < 0:  # entry
                 inner = -1
                 if top > 0:

@@ -15,3 +15,4 @@ from .attenuation import (
 from .source import (FocalSpot, shifted_camera, penumbra_width, heel_weights, heel_factors, photons_per_pixel,
                      fluence_falloff, spekpy_spectrum)
 from .detector_model import MTF, DetectorModel, PhotonCountingModel, signal_weights, counting_bin_weights
+from .hu import HUConversion, get_hu_conversion, hu_conversions

@@ -42,21 +42,26 @@ __all__ = ["path_lengths", "PipelineFunction"]
 
 
 class PipelineFunction(torch.autograd.Function):
-    """``out = PipelineFunction.apply(pipeline, V (S, N, 3), mu_scale (P,) or None)``.
+    """``out = PipelineFunction.apply(pipeline, V (S, N, 3), tables, [face_w (M, J), [face_lin, obj_xref]])``.
 
-    Returns the intensity (B, I, H, W) of a pipeline with materials, or the channel
-    images (I, C, H, W) of a path-length pipeline.
+    ``tables`` is None (the pipeline's own face weights) or (face_ch, face_w, affine tables) from
+    :meth:`Pipeline.torch_face_tables`, whose tensors follow as inputs so that their gradients
+    (w.r.t. attenuation scales and tetrahedral densities, through torch) flow back. Returns the
+    Beer-Lambert sums (B, I, H, W) of a pipeline with materials, or the channel images
+    (I, C, H, W) of a path-length pipeline.
     """
 
     @staticmethod
-    def forward(ctx, pipe, V, mu_scale):
+    def forward(ctx, pipe, V, tables, *weights):
         need_v = ctx.needs_input_grad[1]
-        need_mu = mu_scale is not None and ctx.needs_input_grad[2]
-        if mu_scale is not None:
-            pipe.set_object_weights(mu_scale=mu_scale.detach().cpu().numpy())
-        Vd = V.detach()
-        st = pipe.project(Vd, keep_slots=need_v or need_mu, tag="torch")
+        need_w = any(ctx.needs_input_grad[3:])
         rz = pipe.rasterizer(V.dtype)
+        if tables is not None:
+            ch, W, lin = tables
+            rz.set_weights(ch, W.detach())
+            rz.set_linear(*((lin[0], lin[1].detach(), lin[2].detach()) if lin else (None, None, None)))
+        Vd = V.detach()
+        st = pipe.project(Vd, keep_slots=need_v or need_w, tag="torch")
         if pipe.mode == "objects":
             out = st.L.clone()
         else:
@@ -64,19 +69,22 @@ class PipelineFunction(torch.autograd.Function):
         ctx.pipe = pipe
         ctx.state = st
         ctx.gen = rz.generation("torch")
-        ctx.need_mu = need_mu
-        ctx.save_for_backward(V, mu_scale if mu_scale is not None else torch.empty(0))
+        ctx.tables = tables
+        ctx.need_w = need_w
+        ctx.save_for_backward(V, *weights)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        V, mu_scale = ctx.saved_tensors  # raises if V was modified in place since the forward
+        V, *weights = ctx.saved_tensors  # raises if V was modified in place since the forward
         pipe = ctx.pipe
         rz = pipe.rasterizer(V.dtype)
         st = ctx.state
-        if mu_scale.numel():
-            pipe.set_object_weights(mu_scale=mu_scale.detach().cpu().numpy())
+        if ctx.tables is not None:
+            ch, W, lin = ctx.tables
+            rz.set_weights(ch, weights[0].detach())
+            rz.set_linear(*((lin[0], weights[1].detach(), weights[2].detach()) if lin else (None, None, None)))
         if rz.generation("torch") != ctx.gen or st.K == 0:
             # the pooled buffers were overwritten by a later forward: rasterize again
             st = pipe.project(V.detach(), keep_slots=True, tag="recompute")
@@ -84,11 +92,17 @@ class PipelineFunction(torch.autograd.Function):
             gL = grad_out.contiguous()
         else:
             gL = _beer_lambert_grad(pipe, st.L, grad_out)
-        gV, gw = rz.backward(st, gL, want_w=ctx.need_mu)
-        g_mu = _mu_scale_grad(pipe, gw) if ctx.need_mu else None
-        if g_mu is not None:
-            g_mu = g_mu.to(dtype=mu_scale.dtype, device=mu_scale.device)
-        return None, gV.to(V.device), g_mu
+        gV, gw = rz.backward(st, gL, want_w=ctx.need_w)
+        grads = [None, gV.to(V.device), None]
+        if weights:
+            grads.append(gw.to(weights[0]) if ctx.need_w else None)
+            if len(weights) > 1:
+                gl, gx = rz.linear_grads if ctx.need_w else (None, None)
+                grads += [None if gl is None else gl.to(weights[1]), None if gx is None else gx.to(weights[2])]
+        if ctx.tables is not None:  # back to the pipeline's own weights for plain renders
+            rz.set_weights(*pipe._face_tables(rz.dtype))
+            pipe._set_linear(rz)
+        return tuple(grads)
 
 
 def _beer_lambert_grad(pipe, L: torch.Tensor, grad_I: torch.Tensor) -> torch.Tensor:
@@ -126,27 +140,6 @@ def _beer_lambert_grad(pipe, L: torch.Tensor, grad_I: torch.Tensor) -> torch.Ten
             kp.beer_lambert.grad(Lg, mu, w, Ig, pipe.n_channels, int(w.shape[0]), rows)
             gL[idx] += Lg.grad
     return gL
-
-
-def _mu_scale_grad(pipe, gw: torch.Tensor) -> torch.Tensor:
-    """dC/d(mu_scale) (P,) from the gradient of the face weights (M, J)."""
-    P = pipe.n_objects
-    fo = torch.as_tensor(pipe.face_obj, device=gw.device).long()
-    G = torch.zeros((P, gw.shape[1]), dtype=gw.dtype, device=gw.device).index_add_(0, fo, gw)
-    ch, _ = pipe.object_weights()
-    g = torch.zeros(P, dtype=gw.dtype, device=gw.device)
-    for q in range(P):
-        if not pipe.visible[q]:
-            continue
-        p = pipe.parents[q]
-        while p >= 0 and not pipe.visible[p]:
-            p = pipe.parents[p]
-        merged = p >= 0 and pipe.obj_channel[q] == pipe.obj_channel[p]
-        if ch[q, 0] >= 0 or merged:
-            g[q] += G[q, 0]
-        if p >= 0:
-            g[p] -= G[q, 0] if merged else G[q, 1]
-    return g
 
 
 # ----------------------------------------------------------------------------------------
