@@ -64,7 +64,7 @@ from .physics.materials import Material, get_material
 from .physics.spectra import Spectrum
 from .rasterize import Rasterizer, RasterState, prepare_mesh
 
-__all__ = ["Pipeline", "NestingError", "NestingWarning", "NESTING_TOL_MM", "OUTPUTS", "material_key"]
+__all__ = ["Pipeline", "VolumeObject", "NestingError", "NestingWarning", "NESTING_TOL_MM", "OUTPUTS", "material_key"]
 
 NESTING_TOL_MM = 0.05  # surfaces closer than this along a ray count as touching
 OUTPUTS = ("line_integral", "transmission", "intensity", "path_length")
@@ -76,6 +76,29 @@ class NestingError(ValueError):
 
 class NestingWarning(UserWarning):
     """Same as :class:`NestingError`, reported as a warning (``overlap="warn"``)."""
+
+
+@dataclass
+class VolumeObject:
+    """A CT volume in a pipeline: the :class:`~taichi_xray.objects.volume.Volume` (its own transform
+    already applied), the HU conversion to basis materials, the projector ``method`` ("siddon" or
+    "trilinear", ``step_mm``), and a name for messages."""
+
+    volume: object
+    name: str | None = None
+    hu_conversion: object = None
+    method: str = "siddon"
+    step_mm: float | None = None
+
+    def __post_init__(self):
+        from .objects.volume import Volume
+        from .physics.hu import get_hu_conversion
+
+        if not isinstance(self.volume, Volume):
+            raise TypeError(f"a volume must be a taichi_xray Volume, got {type(self.volume).__name__}")
+        self.conversion = get_hu_conversion(self.hu_conversion)
+        if self.name is None:
+            self.name = self.volume.name
 
 
 def material_key(m: Material):
@@ -109,6 +132,9 @@ class Pipeline:
     physics_dtype : precision of Beer-Lambert and the output (default: ``dtype``).
     imaging : :class:`~taichi_xray.physics.imaging.Imaging`: focal spot, heel effect, absolute
         photons (mAs), falloff, scatter, detector blur/noise/readout (default: none of them).
+    volumes : :class:`VolumeObject` items (CT volumes; a ``Volume`` alone takes the defaults).
+        A mesh whose ``parents`` entry is ``P + k`` (P = number of meshes) lies inside volume k
+        and replaces the volume's material along its path through it.
     K : slot capacity (None = grow as needed, never shrinks).
     deterministic : bitwise reproducible images and gradients (slower).
     overlap : "raise" | "warn" | "allow" for objects that break their nesting.
@@ -119,7 +145,7 @@ class Pipeline:
                  detector=None, air: bool = False, output: str = "line_integral", dtype=torch.float32,
                  K: int | None = None, deterministic: bool = False, overlap: str = "raise",
                  nesting_tol_mm: float = NESTING_TOL_MM, check_nesting: str = "once", label: str | None = None,
-                 physics_dtype=None, imaging=None):
+                 physics_dtype=None, imaging=None, volumes=None):
         runtime.ensure_init()
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
@@ -131,13 +157,20 @@ class Pipeline:
             raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         meshes = list(meshes)
         P = len(meshes)
-        if P == 0:
+        self.volumes = [v if isinstance(v, VolumeObject) else VolumeObject(v) for v in (volumes or [])]
+        if P == 0 and not self.volumes:
             raise ValueError("no meshes given")
         self.names = list(names) if names is not None else [
             (m.name if isinstance(m, Mesh) and m.name else f"object {p}") for p, m in enumerate(meshes)]
         if len(self.names) != P:
             raise ValueError(f"{len(self.names)} names for {P} meshes")
-        self.parents = [-1] * P if parents is None else [int(q) for q in parents]
+        parents = [-1] * P if parents is None else [int(q) for q in parents]
+        # meshes inside a volume: their volume replaces a parent (the volume is left out along their path)
+        self.in_volume = {p: q - P for p, q in enumerate(parents) if q >= P}
+        for p, k in self.in_volume.items():
+            if k >= len(self.volumes):
+                raise ValueError(f"parents[{p}] = {parents[p]}: there are {P} meshes and {len(self.volumes)} volumes")
+        self.parents = [(-1 if q >= P else q) for q in parents]
         _check_parents(self.parents, P)
         self.label = label or "<pipeline>"
         self.output = output
@@ -168,6 +201,7 @@ class Pipeline:
         if not isinstance(self.imaging, Imaging):
             raise TypeError(f"imaging must be an Imaging, got {type(self.imaging).__name__}")
         self._rz: dict = {}
+        self._vproj: dict = {}
         self._phys: dict = {}
         self._launch = LaunchCache()
         self._checked = False
@@ -215,13 +249,15 @@ class Pipeline:
             Fs.append(F)
             interior.append(np.zeros(len(F), bool))
             voff.append(voff[-1] + len(V))
-        self.face_interior = np.concatenate(interior)  # faces between two tetrahedra of one object
+        self.face_interior = np.concatenate(interior) if interior else np.zeros(0, bool)
         self.vertex_offsets = np.asarray(voff, np.int64)
         self._faces_local = Fs
-        self.faces = np.concatenate([F + voff[p] for p, F in enumerate(Fs)]).astype(np.int32)
-        self.face_obj = np.concatenate([np.full(len(F), p, np.int32) for p, F in enumerate(Fs)])
+        self.faces = np.concatenate([F + voff[p] for p, F in enumerate(Fs)]).astype(np.int32) if Fs else \
+            np.zeros((0, 3), np.int32)
+        self.face_obj = np.concatenate([np.full(len(F), p, np.int32) for p, F in enumerate(Fs)]) if Fs else \
+            np.zeros(0, np.int32)
         self.n_vertices = int(voff[-1])
-        self.default_vertices = None if self._pending else np.concatenate(Vs)
+        self.default_vertices = None if self._pending else (np.concatenate(Vs) if Vs else np.zeros((0, 3)))
 
     def _check_pending(self, V: torch.Tensor):
         """Faces given alone: check their orientation (signed volume) and closure once, with
@@ -248,9 +284,9 @@ class Pipeline:
     def _channels(self):
         P = len(self.names)
         if self.mode == "objects":
-            if self.tets:
-                raise ValueError("path-length pipelines (output='path_length') take surface meshes only; a "
-                                 "tetrahedral mesh renders its density integrals in a pipeline with materials")
+            if self.tets or self.volumes:
+                raise ValueError("path-length pipelines (output='path_length') take surface meshes only; "
+                                 "tetrahedral meshes and volumes render in a pipeline with materials")
             self.channel_names = list(self.names)
             self.channel_materials = None
             self.obj_channel = np.arange(P)
@@ -275,14 +311,10 @@ class Pipeline:
                                      "be nested inside it (put them beside it, or in its parent)")
             else:
                 obj_ch.append(channel(m))
+        self.volume_channels = [[channel(m) for m in v.conversion.materials] for v in self.volumes]
         self.air_channel = None
         if self.air:
-            air = get_material("air")
-            k = material_key(air)
-            if k not in keys:
-                keys[k] = len(mats)
-                mats.append(air)
-            self.air_channel = keys[k]
+            self.air_channel = channel(get_material("air"))
         self.channel_materials = mats
         self.channel_names = [m.name for m in mats]
         self.obj_channel = np.asarray(obj_ch)
@@ -317,7 +349,7 @@ class Pipeline:
             raise ValueError("all cameras must have the same detector size")
         if self.air and any(c.pixel_spacing is None for c in cams):
             raise ValueError("air=True needs cameras with pixel_spacing (the detector's distance)")
-        if self.default_vertices is not None:
+        if self.default_vertices is not None and len(self.default_vertices):
             cams = [_front_facing(c, self.default_vertices) for c in cams]
         self.cameras = cams
         self._ray = {}
@@ -349,6 +381,7 @@ class Pipeline:
         self._inst_owner = np.asarray(owner, np.int64)
         self._inst_weight = np.asarray(weight, np.float64)
         self._combine = {}
+        self._vproj = {}
         for rz in self._rz.values():
             rz.set_cameras(self._ray_cameras, self._raster_instances)
 
@@ -417,7 +450,7 @@ class Pipeline:
                 p = self.parents[p]
             inner = (int(self.obj_channel[q]), float(self.mu_scale[q]))
             outer = (int(self.obj_channel[p]), float(self.mu_scale[p])) if p >= 0 else \
-                ((self.air_channel, 1.0) if self.air_channel is not None else (-1, 0.0))
+                ((self.air_channel, 1.0) if (self.air_channel is not None and q not in self.in_volume) else (-1, 0.0))
             if inner[0] == outer[0]:
                 d = inner[1] - outer[1]
                 if d != 0:
@@ -443,7 +476,7 @@ class Pipeline:
                 p = self.parents[p]
             ci = int(self.obj_channel[q])
             co, so = (int(self.obj_channel[p]), p) if p >= 0 else \
-                ((self.air_channel, P) if self.air_channel is not None else (-1, P))
+                ((self.air_channel, P) if (self.air_channel is not None and q not in self.in_volume) else (-1, P))
             if ci == co:
                 out[q][0] = (ci, [(q, 1.0), (so, -1.0)])
             else:
@@ -688,6 +721,8 @@ class Pipeline:
         if isinstance(vertices, (torch.Tensor, np.ndarray)):
             V = torch.as_tensor(vertices)
             V = V[None] if V.ndim == 2 else V
+        elif self.n_objects == 0:
+            V = torch.zeros((1, 0, 3), dtype=dtype)
         else:
             parts = [torch.as_tensor(v) for v in vertices]
             if len(parts) != self.n_objects:
@@ -712,20 +747,83 @@ class Pipeline:
 
     # ------------------------------------------------------------------ stages
     def project(self, V: torch.Tensor, keep_slots: bool = False, check_balance: bool = False,
-                tag: str = "") -> RasterState:
-        """Stage 1 (+ the air term): channel images (I, C, H, W) of vertex sets V (S, N, 3)."""
+                tag: str = "", volume_poses=None, with_volumes: bool = True) -> RasterState:
+        """Stage 1 (+ volumes and the air term): channel images (I, C, H, W) of vertex sets V (S, N, 3)."""
         self._check_pending(V)
+        if not len(self.faces):  # volumes only
+            H, W = self.image_shape
+            I = len(self._raster_instances)
+            dev = runtime.torch_device()
+            L = torch.zeros((I, self.n_channels, H, W), dtype=V.dtype, device=dev)
+            st = RasterState(L, torch.zeros((I, H, W), dtype=torch.bool, device=dev), None, None, None,
+                             np.zeros((I, 0), np.int64), 0, V)
+            if self.volumes and with_volumes:
+                with torch.no_grad():
+                    st.L += self.volume_channels_image(V.dtype, st, volume_poses)
+            if self.air_channel is not None:
+                ray = self.ray_lengths(V.dtype, dev)
+                st.L[:, self.air_channel] += ray[torch.as_tensor(self._raster_instances[:, 1], device=dev)]
+            self._last_L = st.L
+            return st
         rz = self.rasterizer(V.dtype)
         want_check = self.mode == "materials" and (self.check_nesting_mode == "always" or
                                                    (self.check_nesting_mode == "once" and not self._checked))
-        st = rz.forward(V, keep_slots=keep_slots or want_check, check_balance=check_balance, buffer_tag=tag)
-        if want_check:
+        slots = keep_slots or want_check or bool(self.in_volume)
+        st = rz.forward(V, keep_slots=slots, check_balance=check_balance, buffer_tag=tag)
+        if want_check and len(self.faces):
             self.check_nesting(st)
+        self._checked = True
+        if self.volumes and with_volumes:
+            with torch.no_grad():
+                st.L += self.volume_channels_image(st.L.dtype, st, volume_poses)
         if self.air_channel is not None:
             ray = self.ray_lengths(V.dtype, st.L.device)
             st.L[:, self.air_channel] += ray[torch.as_tensor(rz.inst_np[:, 1], device=ray.device)]
         self._last_L = st.L
         return st
+
+    # ------------------------------------------------------------------ volumes
+    def volume_projector(self, k: int, dtype):
+        """The :class:`~taichi_xray.objects.volume_project.VolumeProjector` of volume k for the
+        rasterizer instances' cameras (one projection per instance)."""
+        from .objects.volume_project import VolumeProjector
+
+        key = (k, dtype)
+        if key not in self._vproj:
+            vo = self.volumes[k]
+            cams = [self._ray_cameras[c] for c in self._raster_instances[:, 1]]
+            self._vproj[key] = VolumeProjector(vo.volume, cams, hu_conversion=vo.conversion, method=vo.method,
+                                               step_mm=vo.step_mm, dtype=dtype)
+        return self._vproj[key]
+
+    def volume_channels_image(self, dtype, st: RasterState, poses=None, slot_depth=None) -> torch.Tensor:
+        """(I, C, H, W): every volume's basis-material line integrals in their channels, left out along
+        the meshes inside it (from the state's slots; ``slot_depth`` a differentiable copy), minus the
+        air of the volume's box when the air channel is on. ``poses``: {volume index or name: (6,)
+        rotation vector rad + translation mm about the volume's centre}. Differentiable in the poses
+        and in ``slot_depth``."""
+        from .objects.volume_project import MeshSlots
+
+        H, W = self.image_shape
+        I = len(self._raster_instances)
+        out = torch.zeros((I, self.n_channels, H, W), dtype=dtype, device=runtime.torch_device())
+        poses = dict(poses or {})
+        for k, vo in enumerate(self.volumes):
+            proj = self.volume_projector(k, dtype)
+            pose = poses.get(k, poses.get(vo.name))
+            kids = [p for p, kk in self.in_volume.items() if kk == k]
+            mesh = None
+            if kids:
+                excl = np.zeros(max(self.n_objects, 1), np.int32)
+                excl[kids] = 1
+                mesh = MeshSlots(st.count, st.slot_face, st.slot_depth if slot_depth is None else slot_depth,
+                                 torch.as_tensor(self.face_obj), torch.as_tensor(excl))
+            img = proj(pose, mesh=mesh)  # (I, B, H, W)
+            out = out.index_add(1, torch.as_tensor(self.volume_channels[k], device=out.device), img.to(dtype))
+            if self.air_channel is not None:
+                chord = _box_chord(proj, pose).to(dtype)
+                out = out.index_add(1, torch.as_tensor([self.air_channel], device=out.device), -chord[:, None])
+        return out
 
     def check_nesting(self, state: RasterState) -> list[str]:
         """Find objects outside their parent or overlapping others in ``state``'s slots;
@@ -879,15 +977,18 @@ class Pipeline:
             self.timings = {"rasterize": (t1 - t0) * 1e3, "physics": (time.perf_counter() - t1) * 1e3}
         return out
 
-    def render_torch(self, vertices, mu_scale=None, densities=None) -> torch.Tensor:
+    def render_torch(self, vertices, mu_scale=None, densities=None, volume_poses=None) -> torch.Tensor:
         """Differentiable render: P vertex tensors (N_p, 3) or (S, N_p, 3) -> (I, H, W) images of
         ``output`` (or (I, P, H, W) path lengths), with gradients to the vertices, to ``mu_scale``
-        (P,) per-object attenuation factors, and to the densities of tetrahedral meshes
-        (``densities = {object name or index: (T, B) or (N, B) tensor}``)."""
+        (P,) per-object attenuation factors, to the densities of tetrahedral meshes
+        (``densities = {object name or index: (T, B) or (N, B) tensor}``) and to the poses of
+        volumes (``volume_poses = {volume name or index: (6,) rotation vector rad, translation mm}``)."""
         from .torch.function import PipelineFunction
 
         parts = [vertices] if isinstance(vertices, torch.Tensor) and vertices.ndim == 2 and self.n_objects == 1 \
             else list(vertices)
+        if not parts:  # volumes only
+            parts = [torch.zeros((0, 3), dtype=self.dtype)]
         dt = parts[0].dtype
         if dt not in (torch.float32, torch.float64):
             raise TypeError(f"vertices must be float32 or float64, got {dt}")
@@ -898,7 +999,7 @@ class Pipeline:
                 raise TypeError(f"all vertex tensors must share one dtype; vertices[{i}] is {v.dtype}, "
                                 f"vertices[0] is {dt}")
         V = self.pack_vertices(parts, dtype=dt) if self.n_objects > 1 or parts[0].ndim == 3 else \
-            self.pack_vertices(parts[0], dtype=dt)
+            self.pack_vertices(parts[0] if self.n_objects else [], dtype=dt)
         if mu_scale is not None:
             if self.mode == "objects":
                 raise ValueError("mu_scale needs a pipeline with materials")
@@ -917,8 +1018,16 @@ class Pipeline:
                                  "time")
             ch, W, lin = self.torch_face_tables(mu_scale, densities, V[0] if self.linear_tets else None, dtype=dt)
             tables = (ch, W, lin)
-        out = PipelineFunction.apply(self, V, tables, *(() if tables is None else
-                                                        (tables[1],) + (tuple(tables[2][1:]) if tables[2] else ())))
+        weights = () if tables is None else (tables[1],) + (tuple(tables[2][1:]) if tables[2] else ())
+        if self.volumes:
+            from .torch.function import PhysicsFunction, RasterFunction
+
+            L, sd = RasterFunction.apply(self, V, tables, *weights)
+            st = self._torch_state
+            L = L + self.volume_channels_image(L.dtype, st, volume_poses, sd if self.in_volume else None)
+            out = PhysicsFunction.apply(self, L)
+            return self.output_image(out)
+        out = PipelineFunction.apply(self, V, tables, *weights)
         if self.mode == "objects":
             return out
         return self.output_image(out)
@@ -1005,3 +1114,22 @@ def _front_facing(cam: Camera, vertices: np.ndarray) -> Camera:
                           "in front", RuntimeWarning, stacklevel=4)
             return cam.flipped()
     return cam
+
+
+def _box_chord(proj, pose=None) -> torch.Tensor:
+    """(I, H, W) length (mm) of each pixel's ray inside the volume's box (from the source on),
+    differentiable in the pose: the slab method in voxel-index space, where the ray of pixel
+    (c, r) is ``o + lam G (c, r, 1)`` with ``lam`` the depth and ``|M_inv (c, r, 1)|`` mm per unit."""
+    o, G = proj.rays(pose)
+    o, G = o.to(torch.float64), G.to(torch.float64)
+    pix = proj._pix.to(torch.float64)  # (H, W, 3)
+    g = torch.einsum("vab,hwb->vhwa", G, pix)  # (I, H, W, 3)
+    n = torch.as_tensor(proj.volume.shape, dtype=torch.float64, device=g.device)
+    big = torch.finfo(torch.float64).max / 4
+    safe = torch.where(g.abs() > 1e-300, g, torch.full_like(g, 1e-300))
+    t1 = (-0.5 - o[:, None, None, :]) / safe
+    t2 = (n - 0.5 - o[:, None, None, :]) / safe
+    lo = torch.minimum(t1, t2).amax(-1).clamp(min=0.0)
+    hi = torch.maximum(t1, t2).amin(-1).clamp(max=big)
+    d = torch.einsum("vab,hwb->vhwa", proj._minv64.to(torch.float64), pix).norm(dim=-1)
+    return ((hi - lo).clamp(min=0.0) * d)

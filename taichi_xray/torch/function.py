@@ -38,7 +38,7 @@ from .. import runtime
 from ..camera import Camera
 from ..kernels import physics as kp
 
-__all__ = ["path_lengths", "PipelineFunction"]
+__all__ = ["path_lengths", "PipelineFunction", "RasterFunction", "PhysicsFunction"]
 
 
 class PipelineFunction(torch.autograd.Function):
@@ -103,6 +103,85 @@ class PipelineFunction(torch.autograd.Function):
             rz.set_weights(*pipe._face_tables(rz.dtype))
             pipe._set_linear(rz)
         return tuple(grads)
+
+
+class RasterFunction(torch.autograd.Function):
+    """``L, slot_depth = RasterFunction.apply(pipeline, V, tables, *weights)``: the projection stage
+    alone (channel images (I, C, H, W) and the slots' signed depths (I, H, W, K)), for pipelines
+    whose channels get more terms before the physics (CT volumes). Gradients w.r.t. both outputs
+    flow back to the vertices (and the face weights): a volume's gradient w.r.t. the depth where a
+    mesh cuts it arrives through ``slot_depth``."""
+
+    @staticmethod
+    def forward(ctx, pipe, V, tables, *weights):
+        need_w = any(ctx.needs_input_grad[3:])
+        if not len(pipe.faces):  # volumes only: nothing to rasterize
+            st = pipe.project(V.detach(), with_volumes=False)
+            pipe._torch_state = st
+            ctx.empty = True
+            return st.L.clone(), torch.zeros((1, 1, 1, 1), dtype=V.dtype)
+        ctx.empty = False
+        rz = pipe.rasterizer(V.dtype)
+        if tables is not None:
+            ch, W, lin = tables
+            rz.set_weights(ch, W.detach())
+            rz.set_linear(*((lin[0], lin[1].detach(), lin[2].detach()) if lin else (None, None, None)))
+        st = pipe.project(V.detach(), keep_slots=True, tag="torch", with_volumes=False)
+        pipe._torch_state = st
+        ctx.pipe, ctx.state, ctx.tables, ctx.need_w = pipe, st, tables, need_w
+        ctx.gen = rz.generation("torch")
+        ctx.save_for_backward(V, *weights)
+        sd = st.slot_depth.clone() if st.slot_depth is not None else torch.zeros((1, 1, 1, 1), dtype=V.dtype)
+        return st.L.clone(), sd
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_L, grad_sd):
+        if ctx.empty:
+            return None, None, None
+        V, *weights = ctx.saved_tensors
+        pipe = ctx.pipe
+        rz = pipe.rasterizer(V.dtype)
+        st = ctx.state
+        if ctx.tables is not None:
+            ch, W, lin = ctx.tables
+            rz.set_weights(ch, weights[0].detach())
+            rz.set_linear(*((lin[0], weights[1].detach(), weights[2].detach()) if lin else (None, None, None)))
+        if rz.generation("torch") != ctx.gen:
+            st = pipe.project(V.detach(), keep_slots=True, tag="recompute", with_volumes=False)
+        if grad_L is None:
+            grad_L = torch.zeros_like(st.L)
+        gsd = grad_sd if (grad_sd is not None and st.slot_depth is not None
+                          and tuple(grad_sd.shape) == tuple(st.slot_depth.shape)) else None
+        gV, gw = rz.backward(st, grad_L.contiguous(), grad_sd=gsd, want_w=ctx.need_w)
+        grads = [None, gV.to(V.device), None]
+        if weights:
+            grads.append(gw.to(weights[0]) if ctx.need_w else None)
+            if len(weights) > 1:
+                gl, gx = rz.linear_grads if ctx.need_w else (None, None)
+                grads += [None if gl is None else gl.to(weights[1]), None if gx is None else gx.to(weights[2])]
+        if ctx.tables is not None:
+            rz.set_weights(*pipe._face_tables(rz.dtype))
+            pipe._set_linear(rz)
+        return tuple(grads)
+
+
+class PhysicsFunction(torch.autograd.Function):
+    """``raw = PhysicsFunction.apply(pipeline, L)``: Beer-Lambert sums (B, I, H, W) of channel images
+    L (I, C, H, W); backward by Taichi's autodiff of the same kernel."""
+
+    @staticmethod
+    def forward(ctx, pipe, L):
+        Lc = L.detach().contiguous()
+        ctx.pipe = pipe
+        ctx.save_for_backward(Lc)
+        return pipe.physics(Lc)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        (L,) = ctx.saved_tensors
+        return None, _beer_lambert_grad(ctx.pipe, L, grad_out.contiguous()).clone()
 
 
 def _beer_lambert_grad(pipe, L: torch.Tensor, grad_I: torch.Tensor) -> torch.Tensor:
