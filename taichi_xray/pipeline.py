@@ -343,6 +343,12 @@ class Pipeline:
     def set_cameras(self, cameras, instances=None) -> None:
         """Cameras (one detector size) and optionally (vertex set, camera) instances."""
         cams = [cameras] if isinstance(cameras, Camera) else list(cameras)
+        prev = getattr(self, "_given_cameras", None)
+        if prev is not None and len(prev) == len(cams) and all(a is b for a, b in zip(prev, cams)) and \
+                ((instances is None and self.instances is None) or
+                 (instances is not None and self.instances is not None and np.array_equal(instances, self.instances))):
+            return  # the same cameras: keep the rasterizers' tables, air ray lengths and physics tables
+        self._given_cameras = list(cams)
         if not cams or not all(isinstance(c, Camera) for c in cams):
             raise TypeError("cameras must be a Camera or a non-empty sequence of Camera objects")
         if len({(c.height, c.width) for c in cams}) != 1:
@@ -411,7 +417,8 @@ class Pipeline:
         if not isinstance(imaging, Imaging):
             raise TypeError(f"imaging must be an Imaging, got {type(imaging).__name__}")
         self.imaging = imaging
-        self.set_cameras(self.cameras, self.instances)
+        cams, self._given_cameras = self._given_cameras, None
+        self.set_cameras(cams, self.instances)
 
     def set_object_weights(self, visible=None, mu_scale=None) -> None:
         """Per object: visibility (a hidden object's volume takes its nearest visible

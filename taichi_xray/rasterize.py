@@ -216,7 +216,7 @@ class Rasterizer:
         self.K_fixed = None if K is None else int(K)
         if self.K_fixed is not None and self.K_fixed < 1:
             raise ValueError(f"K must be a positive integer, got {K}")
-        self.K = self.K_fixed or 8
+        self.K = self.K_fixed or 2  # a closed surface needs 2; grows on the first call that needs more
         self.deterministic = bool(deterministic)
         self.fix_radius = int(fix_radius)
         self._launch = LaunchCache()
