@@ -22,6 +22,11 @@ class MeshWarning(UserWarning):
     """A mesh was repaired or has a defect that the rasterizer works around."""
 
 
+# a closed mesh thinner than this fraction of its extent encloses no volume (float32, which the
+# rasterizer uses, resolves about 6e-8 of a coordinate)
+FLAT_RELATIVE = 1e-6
+
+
 @dataclass(frozen=True)
 class MeshReport:
     """Result of :meth:`Mesh.check`."""
@@ -33,7 +38,9 @@ class MeshReport:
     nonmanifold_edges: int  # edges used by three or more faces
     misoriented_edges: int  # interior edges whose two faces disagree on orientation
     components: int
-    volume: float  # signed, mm^3 (meaningful for closed meshes)
+    volume: float  # signed, mm^3 (meaningful for closed meshes), about the mesh's own centroid
+    area: float = float("nan")  # surface area, mm^2
+    extent: float = float("nan")  # largest side of the bounding box, mm
 
     @property
     def watertight(self) -> bool:
@@ -44,8 +51,19 @@ class MeshReport:
         return self.watertight and self.misoriented_edges == 0
 
     @property
+    def thickness(self) -> float:
+        """Mean thickness 2 |volume| / area (mm): a slab's thickness, a cylinder's radius."""
+        return 2.0 * abs(self.volume) / self.area if self.area > 0 else 0.0
+
+    @property
+    def flat(self) -> bool:
+        """Closed but enclosing no volume: thinner than FLAT_RELATIVE x its extent (e.g. all
+        vertices in one plane). It has no inside, so neither an orientation nor a path length."""
+        return self.consistent and self.thickness <= FLAT_RELATIVE * self.extent
+
+    @property
     def outward(self) -> bool:
-        return self.consistent and self.volume > 0
+        return self.consistent and self.volume > 0 and not self.flat
 
     def problems(self) -> list[str]:
         out = []
@@ -57,7 +75,10 @@ class MeshReport:
             out.append(f"not manifold: {self.nonmanifold_edges} edges belong to 3 or more faces")
         if self.misoriented_edges:
             out.append(f"inconsistent orientation on {self.misoriented_edges} edges")
-        if self.consistent and self.volume <= 0:
+        if self.flat:
+            out.append(f"encloses no volume: flat or collapsed (mean thickness {self.thickness:.3g} mm across "
+                       f"{self.extent:.3g} mm), so it has no inside and projects to zero path length")
+        elif self.consistent and self.volume <= 0:
             out.append("faces point inward (negative volume)")
         return out
 
@@ -174,6 +195,8 @@ class Mesh:
                 misoriented_edges=mis,
                 components=comps,
                 volume=self.volume(),
+                area=float(0.5 * area2.sum()),
+                extent=scale if scale > 1e-300 else 0.0,
             )
         return self._report
 
@@ -186,10 +209,16 @@ class Mesh:
         cavity (see :mod:`taichi_xray.ct.labels`) stays a cavity. If the total
         signed volume is then negative, all faces are flipped. Warns
         (:class:`MeshWarning`) whenever it changed anything. Open or
-        non-manifold meshes are returned unchanged.
+        non-manifold meshes are returned unchanged, and so are flat ones
+        (closed but enclosing no volume, :attr:`MeshReport.flat`: no inside, so
+        no orientation), with a warning that says so.
         """
         rep = self.check()
         if rep.outward or not rep.watertight:
+            return self
+        if rep.flat:
+            if warn:
+                warnings.warn(f"{self!r} {rep.problems()[-1]}; left as it is", MeshWarning, stacklevel=2)
             return self
         F = _orient_components(self.vertices, self.faces)
         out = Mesh(self.vertices, F, self.name)
@@ -238,6 +267,8 @@ class Mesh:
         import meshio
 
         path = os.fspath(path)
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"{path} is a directory, not a mesh file")
         if not os.path.exists(path):
             raise FileNotFoundError(f"mesh file not found: {path}")
         try:
@@ -245,6 +276,10 @@ class Mesh:
                 warnings.simplefilter("ignore", RuntimeWarning)
                 m = meshio.read(path)
         except Exception as exc:
+            kind = _sniff_foreign(path)
+            if kind is not None:
+                fmt = os.path.splitext(path)[1].lstrip(".").upper() or "a mesh"
+                raise ValueError(f"cannot read {path} as {fmt}: it is {kind}, not a mesh file") from None
             raise ValueError(f"could not read mesh file {path}: {exc}") from exc
         tris = []
         for block in m.cells:
@@ -296,6 +331,32 @@ class Mesh:
 
 
 # ------------------------------------------------------------------ helpers
+# file signatures of common non-mesh files, to name what a file that meshio cannot read really is
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+    (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"), (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive"), (b"\x1f\x8b", "a gzip-compressed file"), (b"\x89HDF", "an HDF5 file"),
+    (b"\x93NUMPY", "a NumPy .npy array"),
+)
+
+
+def _sniff_foreign(path) -> str | None:
+    """What a file is when its first bytes are a known non-mesh signature (else None)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return None
+    for sig, kind in _SIGNATURES:
+        if head.startswith(sig):
+            return kind
+    if len(head) == 132 and head[128:132] == b"DICM":
+        return "a DICOM file"
+    if len(head) >= 4 and head[:4] in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c"):
+        return "a NIfTI-1 image"
+    return None
+
+
 def _face_adjacency(F: np.ndarray):
     """Pairs of faces sharing an edge (only edges with exactly two faces)."""
     e = np.sort(_edges(F), axis=1)

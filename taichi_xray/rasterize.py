@@ -66,11 +66,6 @@ PREPROJECT_VERTICES = 20000
 # ----------------------------------------------------------------------------------------
 # input checks (once per mesh)
 # ----------------------------------------------------------------------------------------
-def _signed_volume(V: np.ndarray, F: np.ndarray) -> float:
-    v = V[F]
-    return float(np.einsum("ij,ij->i", v[:, 0], np.cross(v[:, 1], v[:, 2])).sum() / 6.0)
-
-
 def prepare_mesh(m, name: str, stacklevel: int = 3):
     """Validate one mesh and orient it outward: returns (vertices (N, 3) float64, faces (M, 3)
     int32, watertight: bool).
@@ -115,8 +110,11 @@ def prepare_mesh(m, name: str, stacklevel: int = 3):
     mesh = Mesh(V, F, name)
     rep = mesh.check()
     F = np.ascontiguousarray(F, np.int32)
-    if rep.watertight and not rep.outward:
-        if rep.consistent and _signed_volume(mesh.vertices, F) < 0:
+    if rep.watertight and getattr(rep, "flat", False):
+        warnings.warn(f"{name}: {'; '.join(rep.problems())}: it adds nothing to the image", MeshWarning,
+                      stacklevel=stacklevel)
+    elif rep.watertight and not rep.outward:
+        if rep.consistent and rep.volume < 0:  # signed volume about the mesh's own centroid
             F = np.ascontiguousarray(F[:, ::-1])
             warnings.warn(f"{name}: faces point inward (negative signed volume); reversed them to point outward",
                           MeshWarning, stacklevel=stacklevel)

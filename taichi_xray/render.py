@@ -65,6 +65,7 @@ class RenderResult:
     timings: dict = field(default_factory=dict)
     nesting: list = field(default_factory=list)
     path_lengths: np.ndarray | None = None
+    pipeline: Pipeline | None = field(default=None, repr=False)  # reuse it for the next frame of the scene
 
     @property
     def total_ms(self) -> float:
@@ -218,7 +219,7 @@ def render(scene, camera: Camera | None = None, arch: str | None = None, *, spec
         per = path_length(scene.meshes, cam)
         per = per[None] if per.ndim == 2 else per
     return RenderResult(Lm, list(pipeline.channel_names), I, T, LI, image, pixels, window, I0, pipeline.cameras[0],
-                        scene.names, out.kind, backend, timings, list(pipeline.nesting_messages), per)
+                        scene.names, out.kind, backend, timings, list(pipeline.nesting_messages), per, pipeline)
 
 
 def memory_estimate(scene: Scene, camera: Camera | None = None) -> dict:

@@ -38,7 +38,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = ["Scene", "SceneObject", "CameraSpec", "SpectrumSpec", "OutputSpec", "SceneError",
-           "SceneFileNotFoundError", "load_scene", "parse_scene", "OUTPUT_KINDS", "PHANTOMS"]
+           "SceneFileNotFoundError", "SceneIsADirectoryError", "MAX_DISTANCE_MM", "load_scene", "parse_scene", "OUTPUT_KINDS", "PHANTOMS"]
 
 OUTPUT_KINDS = ("line_integral", "transmission", "intensity")
 PHANTOMS = ("thorax", "pelvis")
@@ -64,6 +64,17 @@ class SceneError(ValueError):
 
 class SceneFileNotFoundError(SceneError, FileNotFoundError):
     """A file named by a scene (mesh, spectrum CSV) does not exist."""
+
+
+class SceneIsADirectoryError(SceneError, IsADirectoryError):
+    """A directory was given where a file (scene, mesh, spectrum CSV) is expected."""
+
+
+# the largest source-isocentre / source-detector distance: the rasterizer works in float32
+# (about 7 significant digits), so much farther sources make the depths of nearby surfaces
+# indistinguishable (measured: objects 1e8 mm away break their nesting); 1e6 mm keeps a
+# 100 m margin over any near-parallel-beam geometry
+MAX_DISTANCE_MM = 1e6
 
 
 # ----------------------------------------------------------------------------------------
@@ -348,6 +359,11 @@ def _camera(ctx: _Ctx, d) -> CameraSpec:
         ctx.keys(d, _CARM_KEYS + ("P",))
         sid = ctx.number(d, "sid", positive=True, required=True)
         sdd = ctx.number(d, "sdd", positive=True, required=True)
+        for k, v in (("sid", sid), ("sdd", sdd)):
+            if v > MAX_DISTANCE_MM:
+                raise ctx.err(k, f"{v:g} mm is too far: at most {MAX_DISTANCE_MM:g} mm (1 km). The renderer computes "
+                                 "in float32 (about 7 significant digits), so from farther away the depths of the "
+                                 "objects' surfaces can no longer be told apart and the projection degenerates")
         if sdd <= sid:
             raise ctx.err("sdd", f"must be larger than sid (source-detector {sdd:g} mm <= source-isocentre {sid:g} mm)")
         det = ctx.require(d, "detector")
@@ -407,6 +423,8 @@ def _spectrum(ctx: _Ctx, d, folder: Path) -> SpectrumSpec:
     else:
         rel = ctx.string(d, "csv")
         p = (folder / rel) if not os.path.isabs(rel) else Path(rel)
+        if p.is_dir():
+            raise ctx.err("csv", f"{p} is a directory, not a spectrum file", SceneIsADirectoryError)
         if not p.is_file():
             raise ctx.err("csv", f"spectrum file not found: {p}", SceneFileNotFoundError)
         spec = SpectrumSpec("csv", csv=p)
@@ -559,6 +577,8 @@ def _objects(ctx: _Ctx, entries, folder: Path, materials: dict, resolution: str)
             source = ref
         else:
             p = Path(ref) if os.path.isabs(ref) else folder / ref
+            if p.is_dir():
+                raise c.err("mesh", f"{p} is a directory, not a mesh file", SceneIsADirectoryError)
             if not p.is_file():
                 raise c.err("mesh", f"mesh file not found: {p}" + (" (resolved against the scene file's folder)"
                                                                   if not os.path.isabs(ref) else ""),
@@ -566,7 +586,8 @@ def _objects(ctx: _Ctx, entries, folder: Path, materials: dict, resolution: str)
             try:
                 mesh = Mesh.load(p, name=name)
             except (ValueError, TypeError) as exc:
-                raise c.err("mesh", f"cannot read {p}: {exc}") from None
+                msg = str(exc)  # Mesh.load's messages name the file
+                raise c.err("mesh", msg if str(p) in msg else f"cannot read {p}: {msg}") from None
             source = str(p)
         if "transform" in d:
             t = c.table(d["transform"], "transform")
@@ -675,6 +696,8 @@ def parse_scene(data: dict, path=None, folder=None) -> Scene:
 def load_scene(path) -> Scene:
     """Read, validate and load a TOML scene file (see ``docs/scene-format.md``)."""
     p = Path(path)
+    if p.is_dir():
+        raise SceneIsADirectoryError(f"{p}: is a directory, not a scene file")
     if not p.is_file():
         raise SceneFileNotFoundError(f"{p}: scene file not found")
     try:

@@ -27,12 +27,17 @@ command prints one line naming the packages to install and exits with status 3.
 """
 # (no "from __future__ import annotations": this module defines Taichi kernels)
 
+import atexit
+import contextlib
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 import warnings
+import weakref
 from pathlib import Path
 from typing import Optional
 
@@ -71,6 +76,46 @@ def vulkan_status() -> tuple:
     except Exception as exc:  # pragma: no cover - Taichi internals
         return False, f"{type(exc).__name__}: {exc}"
     return ok, "" if ok else "Taichi found no Vulkan instance (no libvulkan1 or no driver)"
+
+
+# imgui (inside Taichi GGUI) reads and writes ``imgui.ini`` in the working directory: when a
+# window is destroyed (at the latest at exit) and, in a shown window, a few seconds after a panel
+# moved. Taichi 1.7.4 has no switch for it (imgui's io.IniFilename is not exposed), so every GGUI
+# call that can touch the file runs with the working directory in a private temporary folder
+# (removed at exit), and the user's directory never gets an imgui.ini.
+_GUI_DIR: dict = {}
+_LIVE_VIEWERS = weakref.WeakSet()
+
+
+def _gui_dir() -> str:
+    d = _GUI_DIR.get("path")
+    if d is None or not os.path.isdir(d):
+        d = _GUI_DIR["path"] = tempfile.mkdtemp(prefix="taichi_xray_gui_")
+    return d
+
+
+@contextlib.contextmanager
+def _gui_cwd():
+    """Run GGUI calls that may read or write imgui.ini in the private folder (cwd restored after)."""
+    try:
+        old = os.getcwd()
+    except OSError:  # the working directory was removed; nothing to protect
+        old = None
+    os.chdir(_gui_dir())
+    try:
+        yield
+    finally:
+        if old is not None:
+            os.chdir(old)
+
+
+@atexit.register
+def _close_viewers():  # before Taichi destroys the windows (and imgui saves) in the user's directory
+    for v in list(_LIVE_VIEWERS):
+        v.close()
+    d = _GUI_DIR.pop("path", None)
+    if d:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _make_window(title: str, res, show: bool):
@@ -376,7 +421,10 @@ class Viewer:
         self.view3d = self.win_h  # square overview pane
         self.controls = controls
         self.win_w = W + self.view3d + (CONTROLS_PX if controls else 0)
-        self.window = _make_window(f"taichi-xray view: {scene.name}", (self.win_w, self.win_h), show)
+        self._closed = False
+        with _gui_cwd():
+            self.window = _make_window(f"taichi-xray view: {scene.name}", (self.win_w, self.win_h), show)
+        _LIVE_VIEWERS.add(self)
         self.show = show
         self.pipeline = XrayPipeline(scene)
         self.overview = Overview(scene)
@@ -574,14 +622,35 @@ class Viewer:
 
     def run(self):
         print(KEY_HELP, file=sys.stderr)
-        while self.window.running:
-            _, t0 = self.frame()
-            self.window.show()
-            self.finish_frame(t0)
+        try:
+            while self.window.running:
+                _, t0 = self.frame()
+                with _gui_cwd():  # imgui may save its settings during a frame
+                    self.window.show()
+                self.finish_frame(t0)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Destroy the window (imgui's settings go to a private folder, not the working directory)."""
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        _LIVE_VIEWERS.discard(self)
+        with _gui_cwd():
+            self.window.destroy()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
 
     def read_window(self) -> np.ndarray:
         """The whole window as drawn, (win_h, win_w, 3) uint8."""
-        return _from_window_buffer(self.window.get_image_buffer_as_numpy())
+        with _gui_cwd():  # draws the frame; imgui may touch its settings
+            buf = self.window.get_image_buffer_as_numpy()
+        return _from_window_buffer(buf)
 
     def xray_pane(self, window_rgb: Optional[np.ndarray] = None) -> np.ndarray:
         """The X-ray pane as drawn, (H, W) uint8 (the red channel of the grey pane)."""
@@ -684,92 +753,27 @@ def _save_rgb(path, rgb):
 
 
 # ----------------------------------------------------------------------------------------
-# command line
+# command line (the command itself is taichi_xray/cli/view.py)
 # ----------------------------------------------------------------------------------------
 def add_view_subparser(subparsers):
-    """Add ``view`` to the ``taichi-xray`` sub-commands (``subparsers`` from add_subparsers)."""
-    v = subparsers.add_parser("view", help="interactive viewer (Taichi GGUI window; --offscreen for headless frames)")
-    v.add_argument("scene", help="scene file (TOML, see docs/scene-format.md)")
-    v.add_argument("--arch", choices=("cpu", "cuda", "vulkan", "metal", "auto"), default=None,
-                   help="Taichi backend for the kernels (default: $TAICHI_XRAY_ARCH or auto)")
-    v.add_argument("--size", help="detector size WxH in pixels (keeps the detector's physical width)")
-    v.add_argument("--lao", type=float, help="initial LAO angle (deg, negative = RAO)")
-    v.add_argument("--cran", type=float, help="initial CRAN angle (deg, negative = CAUD)")
-    v.add_argument("--kvp", type=float, help="initial tube voltage (kVp)")
-    v.add_argument("--save-dir", default=".", help="folder for the save key (default: the working directory)")
-    v.add_argument("--offscreen", action="store_true", help="no window: render a scripted camera path to --out")
-    v.add_argument("--frames", type=int, default=24, help="off-screen: number of frames (default 24)")
-    v.add_argument("--out", help="off-screen: output folder (created if missing)")
-    v.add_argument("--path", choices=("lao", "cran", "orbit", "still"), default="lao",
-                   help="off-screen camera path: LAO sweep (default), CRAN sweep, full orbit, or still")
-    v.add_argument("--range", default="-45:45", help="off-screen sweep START:STOP in degrees (default -45:45, "
-                                                     "relative to the initial LAO for --path lao)")
-    v.add_argument("--save-window", action="store_true", help="off-screen: also write the whole window")
-    v.add_argument("--npy", action="store_true", help="off-screen: also write the float images (.npy)")
-    v.set_defaults(func=main_view)
-    return v
+    """Add ``view`` to the ``taichi-xray`` sub-commands (see :mod:`taichi_xray.cli.view`)."""
+    from .cli.view import add_parser
+
+    return add_parser(subparsers)
 
 
 def main_view(args) -> int:
-    """Run ``taichi-xray view`` for parsed ``args``; returns the exit status
-    (0, or 3 with a one-line message when Vulkan is missing). Bad input raises
-    ValueError / FileNotFoundError / FileExistsError with a clear message."""
-    from .render import use_arch
-    from .scene import load_scene
+    """Run ``taichi-xray view`` for parsed ``args`` (see :func:`taichi_xray.cli.view.run`)."""
+    from .cli.view import run
 
-    if args.offscreen:
-        if not args.out:
-            raise ValueError("--offscreen needs --out DIR (a folder for the frames; created if missing)")
-        if args.frames < 1:
-            raise ValueError(f"--frames must be >= 1, got {args.frames}")
-        if Path(args.out).exists() and not Path(args.out).is_dir():
-            raise NotADirectoryError(f"--out {args.out} is not a directory")
-    try:
-        a, b = (float(x) for x in str(args.range).split(":"))
-    except ValueError:
-        raise ValueError(f"--range must be START:STOP in degrees, got {args.range!r}") from None
-    ok, why = vulkan_status()
-    if not ok:
-        print(f"taichi-xray: error: {VULKAN_HINT} ({why})", file=sys.stderr)
-        return EXIT_NO_VULKAN
-    scene = load_scene(args.scene)
-    from .cli import parse_size
-
-    size = parse_size(args.size) if args.size else None
-    initial = {"lao": args.lao, "cran": args.cran, "kvp": args.kvp}
-    use_arch(args.arch)
-    try:
-        if args.offscreen:
-            s = run_offscreen(scene, args.frames, args.out, size=size, path=args.path, start=a, stop=b,
-                              save_window=args.save_window, save_npy=args.npy, **initial)
-            print(f"taichi-xray view: wrote {len(s['frames'])} frames to {args.out} "
-                  f"({s['size'][0]}x{s['size'][1]}, {s['arch']}): {s['mean_ms']:.1f} ms/frame, "
-                  f"{s['fps']:.2f} fps", file=sys.stderr)
-            return 0
-        save_dir = Path(args.save_dir)
-        if not save_dir.is_dir():
-            raise FileNotFoundError(f"--save-dir {save_dir} does not exist")
-        Viewer(scene, size=size, show=True, save_dir=save_dir, **initial).run()
-        return 0
-    except VulkanUnavailable as exc:
-        print(f"taichi-xray: error: {exc}", file=sys.stderr)
-        return EXIT_NO_VULKAN
+    return run(args)
 
 
 def main(argv=None) -> int:
-    """``python -m taichi_xray.viewer SCENE [options]`` (same options as ``taichi-xray view``)."""
-    import argparse
+    """``python -m taichi_xray.viewer SCENE [options]`` = ``taichi-xray view SCENE [options]``."""
+    from .cli import main as cli_main
 
-    parser = argparse.ArgumentParser(prog="python -m taichi_xray.viewer")
-    sub = parser.add_subparsers(dest="command")
-    add_view_subparser(sub)
-    args = parser.parse_args(["view"] + list(sys.argv[1:] if argv is None else argv))
-    try:
-        return main_view(args)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"taichi-xray: error: {msg}", file=sys.stderr)
-        return 2
+    return cli_main(["view"] + list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":  # pragma: no cover

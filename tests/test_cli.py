@@ -7,13 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import taichi as ti
 import tomli_w
 
 sys.path.insert(0, str(Path(__file__).parent))
 from reference import box, icosphere  # noqa: E402
 
 import taichi_xray as tx  # noqa: E402
-from taichi_xray.cli import main, parse_sweep  # noqa: E402
+from taichi_xray.cli import is_user_error, main, parse_sweep  # noqa: E402
 from taichi_xray.imageio import load_projection_matrix, read_png  # noqa: E402
 from taichi_xray.mesh import Mesh  # noqa: E402
 from taichi_xray.scene import load_scene  # noqa: E402
@@ -52,7 +53,11 @@ def test_render_writes_png_and_projection_matrix(small, tmp_path, capsys):
     np.testing.assert_allclose(uv[0], [19.5, 15.5], atol=1e-9)  # the ball's centre at the detector centre
     li = np.load(tmp_path / "image.npy")
     assert li.shape == (32, 40) and li[16, 20] > li[0, 0]
-    assert "running on cpu" in err and "wrote" in err
+    # default output: the one "wrote ..." line, no backend chatter
+    assert err.startswith("wrote ") and len(err.strip().splitlines()) == 1, err
+    assert "running on" not in err and "[Taichi]" not in err
+    rc, _, err = run(["-v", "render", small, "-o", tmp_path / "v.png"], capsys)
+    assert rc == 0 and f"Taichi {'.'.join(map(str, ti.__version__))}" in err and "kernels on cpu" in err
 
 
 def test_render_refuses_to_overwrite_without_force(small, tmp_path, capsys):
@@ -155,3 +160,271 @@ def test_thorax_quick_start_end_to_end(tmp_path):
     on_rib = [rib_rows[max(i - 1, 0):i + 2].any() for i in peaks]
     assert np.mean(on_rib) >= 0.8, (peaks, np.nonzero(rib_rows)[0])
     assert prof[rib_rows].mean() > prof[~rib_rows].mean() + 0.1
+
+
+# ----------------------------------------------------------------------------------------
+# quiet and honest
+# ----------------------------------------------------------------------------------------
+EXE = Path(sys.executable).with_name("taichi-xray")
+
+
+def _vulkan_ok():
+    from taichi_xray.viewer import vulkan_status
+
+    return vulkan_status()[0]
+
+
+def _exe(args, cwd, arch="cpu"):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAICHI_XRAY_ARCH")}
+    if arch:
+        env["TAICHI_XRAY_ARCH"] = arch
+    return subprocess.run([str(EXE), *map(str, args)], capture_output=True, text=True, env=env, timeout=300, cwd=cwd)
+
+
+def test_executable_prints_nothing_from_taichi(small, tmp_path):
+    """render (backend auto: the fallback reasons are -v only), info and view --offscreen through the
+    installed entry point: no Taichi banner or start-up line, only the command's own output; the
+    viewer leaves no imgui.ini in the working directory."""
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    r = _exe(["render", small, "-o", "img.png"], cwd, arch=None)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "" and r.stderr.startswith("wrote img.png") and len(r.stderr.splitlines()) == 1, r.stderr
+    r = _exe(["info", small], cwd)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.stdout.startswith("scene ") and "[Taichi]" not in r.stdout and "running on" not in r.stdout
+    if not _vulkan_ok():
+        pytest.skip("no Vulkan for the viewer's off-screen mode")
+    r = _exe(["view", small, "--offscreen", "--frames", "2", "--out", "frames"], cwd)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "" and len(r.stderr.splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("taichi-xray view: wrote 2 frames to frames")
+    assert sorted(p.name for p in cwd.iterdir()) == ["frames", "img.P.txt", "img.png"]  # no imgui.ini
+
+
+def test_viewer_leaves_no_imgui_ini(small, tmp_path, monkeypatch):
+    """In process: a hidden window that draws and is closed writes no imgui.ini into the working
+    directory (imgui saves it when a window is destroyed)."""
+    if not _vulkan_ok():
+        pytest.skip("no Vulkan for GGUI")
+    from taichi_xray.viewer import Viewer
+
+    cwd = tmp_path / "cwd"
+    (cwd / "keep").mkdir(parents=True)
+    monkeypatch.chdir(cwd)
+    v = Viewer(load_scene(small), show=False, controls=True)
+    v.frame(interactive=False)
+    assert v.read_window().shape[:2] == (v.win_h, v.win_w)
+    v.close()
+    v.close()  # twice is harmless
+    assert sorted(p.name for p in cwd.iterdir()) == ["keep"]
+    assert Path.cwd() == cwd
+
+
+def test_view_without_display_is_one_line(small, tmp_path, monkeypatch, capsys):
+    if sys.platform == "darwin" or os.name == "nt":
+        pytest.skip("no $DISPLAY there")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    rc, out, err = run(["view", small, "--save-dir", tmp_path], capsys)
+    assert rc == 2 and out == ""
+    msg = ("taichi-xray: error: no display for the viewer window; use --offscreen --out DIR to render "
+           "frames without one\n")
+    assert err == msg
+    import ctypes.util
+
+    if ctypes.util.find_library("X11") and not Path("/tmp/.X11-unix/X987").exists():
+        monkeypatch.setenv("DISPLAY", ":987")  # an X server that is not there (GLFW would end the process)
+        rc, out, err = run(["view", small, "--save-dir", tmp_path], capsys)
+        assert rc == 2 and err == msg
+
+
+def test_user_error_traceback_only_with_verbose(small, tmp_path, capsys):
+    out = tmp_path / "image.png"
+    out.write_bytes(b"x")
+    rc, _, err = run(["render", small, "-o", out], capsys)
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
+    rc, _, err = run(["-v", "render", small, "-o", out], capsys)
+    assert rc == 2 and "Traceback" in err and "FileExistsError" in err
+    assert err.strip().splitlines()[-1] == f"taichi-xray: error: {out} exists; use --force to overwrite it"
+
+
+def test_a_bug_is_not_a_user_error(small, monkeypatch):
+    """A TypeError that no validation raised (here: from a broken scene loader) propagates with its
+    traceback instead of being turned into a one-line 'error'."""
+    import taichi_xray.scene as scene_mod
+
+    def broken(path):
+        return None + 1  # a bug, not a `raise` in taichi_xray
+
+    monkeypatch.setattr(scene_mod, "load_scene", broken)
+    with pytest.raises(TypeError, match="unsupported operand"):
+        main(["info", str(small)])
+    try:
+        broken(small)
+    except TypeError as exc:
+        assert not is_user_error(exc)
+    try:
+        parse_sweep("tilt=0:1:1")
+    except ValueError as exc:
+        assert is_user_error(exc)
+
+
+def _scene_with(tmp_path, mesh_file, name="s.toml", **camera):
+    cam = {"sid": 500.0, "sdd": 800.0, "detector": [40, 32], "pixel_spacing": 2.5}
+    cam.update(camera)
+    d = {"camera": cam, "spectrum": {"monochromatic": 60.0},
+         "object": [{"name": "thing", "mesh": str(mesh_file), "material": "water"}]}
+    p = tmp_path / name
+    p.write_text(tomli_w.dumps(d))
+    return p
+
+
+def test_flat_mesh_is_called_flat_not_inward(tmp_path, capsys):
+    """A closed mesh squashed into a plane (or a 1e-7 mm thin disc) has no inside: the report says
+    so instead of 'pointing inward', and so do the repair warning, `info` and `render`."""
+    import warnings
+
+    from taichi_xray.mesh import MeshWarning
+    from taichi_xray.primitives import cylinder
+
+    V, F = cylinder(20.0, 10.0, n=24)
+    for scale in (0.0, 1e-8):
+        W = V.copy()
+        W[:, 2] *= scale
+        rep = Mesh(W, F).check()
+        assert rep.watertight and rep.flat and not rep.outward
+        text = "; ".join(rep.problems())
+        assert "encloses no volume" in text and "inward" not in text, text
+        with pytest.warns(MeshWarning, match="encloses no volume") as rec:
+            Mesh(W, F).oriented()
+        assert not any("inward" in str(w.message) for w in rec)
+    # an ordinary thin plate (0.01 mm over 40 mm) is not flat
+    W = V.copy()
+    W[:, 2] *= 0.001
+    assert Mesh(W, F).check().outward
+    # through a scene file: a 1e-6 mm thin disc (OBJ keeps its two faces apart) ...
+    W = V.copy()
+    W[:, 2] *= 1e-7
+    Mesh(W, F).save(tmp_path / "thin.obj")
+    sc = _scene_with(tmp_path, "thin.obj", "thin.toml")
+    rc, out, err = run(["info", sc], capsys)
+    assert rc == 0 and "encloses no volume" in out and "inward" not in out
+    rc, _, err = run(["render", sc, "-o", tmp_path / "thin.png"], capsys)
+    assert rc == 0 and "taichi-xray: warning:" in err and "encloses no volume" in err and "inward" not in err
+    # ... and an exactly flat one in STL, whose coincident vertices merge: degenerate and non-manifold
+    W[:, 2] = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # meshio's STL writer normalises zero normals
+        Mesh(W, F).save(tmp_path / "flat.stl")
+    rc, out, err = run(["info", _scene_with(tmp_path, "flat.stl", "flat.toml")], capsys)
+    assert rc == 0 and "degenerate" in out and "not manifold" in out and "inward" not in out
+
+
+def test_far_away_mesh_is_judged_about_its_centroid():
+    """Signed volume about the mesh's own centroid: 1e8 mm from the origin an outward sphere is
+    outward (and its reversal inward), with the volume of the sphere at the origin."""
+    V, F = icosphere(10.0, 2)
+    near = Mesh(V, F).check().volume
+    for off in (1e6, 1e8):
+        rep = Mesh(V + off, F).check()
+        assert rep.outward and rep.problems() == [] and rep.volume == pytest.approx(near, rel=1e-6)
+        inv = Mesh(V + off, F[:, ::-1]).check()
+        assert not inv.outward and inv.problems() == ["faces point inward (negative volume)"]
+
+
+def test_absurd_source_distance_is_a_camera_error(small, tmp_path, capsys):
+    bad = _scene_with(tmp_path, small.parent / "ball.obj", sid=1e20, sdd=2e20)
+    rc, _, err = run(["render", bad, "-o", tmp_path / "x.png"], capsys)
+    assert rc == 2 and "key 'sid'" in err and "float32" in err and "nesting" not in err.lower()
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_directory_and_renamed_file_are_named_as_such(small, tmp_path, capsys):
+    d = tmp_path / "folder"
+    d.mkdir()
+    rc, _, err = run(["info", d], capsys)
+    assert rc == 2 and "is a directory" in err and "not found" not in err
+    rc, _, err = run(["info", _scene_with(tmp_path, "folder", "dirmesh.toml")], capsys)
+    assert rc == 2 and "folder is a directory, not a mesh file" in err
+    rc, _, err = run(["render", small, "-o", tmp_path / "x.png", "--npy", d], capsys)
+    assert rc == 2 and "is a directory" in err and "exists" not in err
+    # a PNG renamed .stl
+    from taichi_xray.imageio import save_png
+
+    save_png(tmp_path / "pic.png", np.zeros((4, 4), np.uint8))
+    (tmp_path / "pic.png").rename(tmp_path / "pic.stl")
+    rc, _, err = run(["info", _scene_with(tmp_path, "pic.stl", "pic.toml")], capsys)
+    assert rc == 2 and "cannot read" in err and "as STL: it is a PNG image, not a mesh file" in err, err
+    assert err.count("cannot read") == 1
+
+
+# ----------------------------------------------------------------------------------------
+# geometry
+# ----------------------------------------------------------------------------------------
+def test_geometry_writes_figure_and_respects_force(small, tmp_path, capsys):
+    fig = tmp_path / "geo.png"
+    rc, _, err = run(["geometry", small, "-o", fig, "--max-points", "200"], capsys)
+    assert rc == 0, err
+    assert err.startswith(f"wrote {fig} (1 view, 2 objects)")
+    img = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(fig))
+    assert img.ndim == 3 and img.shape[0] > 300 and img.std() > 5
+    before = fig.read_bytes()
+    rc, _, err = run(["geometry", small, "-o", fig], capsys)
+    assert rc == 2 and "--force" in err and fig.read_bytes() == before
+    rc, _, err = run(["geometry", small, "-o", fig, "--force", "--lao", "30"], capsys)
+    assert rc == 0 and fig.read_bytes() != before
+
+
+def test_geometry_targets_with_matrices_and_dicom(small, tmp_path, capsys):
+    """Targets: a rendered PNG with the scene camera, the same with its P.txt, and a DICOM written
+    from the render (its camera comes from the C-arm tags): all three views get the scene's camera."""
+    import argparse
+
+    from taichi_xray.cli.geometry import _views
+    from taichi_xray.io import write_dicom
+    from taichi_xray.render import render
+
+    rc, _, err = run(["render", small, "-o", tmp_path / "t.png", "--npy", tmp_path / "t.npy", "--lao", "20"], capsys)
+    assert rc == 0, err
+    sc = load_scene(small).with_overrides(lao=20)
+    res = render(sc)
+    write_dicom(tmp_path / "t.dcm", res.line_integral, res.camera)
+    args = argparse.Namespace(P=[str(tmp_path / "t.P.txt")] * 2, targets=[str(tmp_path / "t.png"),
+                                                                       str(tmp_path / "t.dcm")])
+    views = _views(args, load_scene(small))
+    for img, cam in views:
+        np.testing.assert_allclose(cam.P / np.linalg.norm(cam.P[2, :3]), sc.camera.P / np.linalg.norm(sc.camera.P[2, :3]),
+                                   rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(views[1][0], res.line_integral, atol=np.ptp(res.line_integral) / 1000)
+    fig = tmp_path / "g.png"
+    rc, _, err = run(["geometry", small, tmp_path / "t.npy", tmp_path / "t.dcm", "-o", fig, "--lao", "20"], capsys)
+    assert rc == 0 and "(2 views" in err, err
+    rc, _, err = run(["geometry", small, tmp_path / "t.png", "-o", tmp_path / "g2.png", "--P",
+                      tmp_path / "t.P.txt"], capsys)
+    assert rc == 0, err
+
+
+@pytest.mark.parametrize("target, text", [("missing.png", "not found"), ("bad.txt", "unsupported image file"),
+                                          ("small.npy", "does not match"), ("folder", "is a directory")])
+def test_geometry_bad_target_is_one_line(small, tmp_path, capsys, target, text):
+    np.save(tmp_path / "small.npy", np.zeros((5, 6)))
+    (tmp_path / "bad.txt").write_text("1 2 3")
+    (tmp_path / "folder").mkdir()
+    rc, _, err = run(["geometry", small, tmp_path / target, "-o", tmp_path / "g.png"], capsys)
+    assert rc == 2 and text in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_command_list_is_extensible():
+    """register/generate appear once their modules exist; the parser lists every existing one."""
+    import importlib.util
+
+    from taichi_xray import cli
+
+    names = [m.__name__.rsplit(".", 1)[1] for m in cli.command_modules()]
+    assert names[:3] == ["render", "info", "view"] and "geometry" in names and "import_labels" in names
+    for extra in ("register", "generate"):
+        assert (extra in names) == (importlib.util.find_spec(f"taichi_xray.cli.{extra}") is not None)
+    sub = next(a for a in cli.build_parser()._actions if a.dest == "command")
+    assert set(sub.choices) >= {"render", "info", "view", "geometry", "import-labels"}

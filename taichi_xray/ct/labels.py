@@ -307,6 +307,7 @@ def labels_to_meshes(
             mesh = Mesh(W, F[:, ::-1], name)
         rep = mesh.check()
         if not rep.consistent or rep.volume <= 0:
-            raise RuntimeError(f"mesh {name!r} from labels {ids} is defective: {'; '.join(rep.problems())}")
+            raise ValueError(f"mesh {name!r} from labels {ids} is defective: {'; '.join(rep.problems())} (try "
+                             "fewer smoothing iterations, or check the label map)")
         out[name] = mesh
     return out

@@ -93,6 +93,36 @@ def _edge_value(ax, ay, dx, dy, k, px, py):
     return k * (dx * (py - ay) - dy * (px - ax))
 
 
+SPAN_MIN = 6  # faces wider than this many pixels test only the columns near their span on each row
+
+
+@ti.func
+def _span(ax0, ay0, dx0, dy0, k0, ax1, ay1, dx1, dy1, k1, ax2, ay2, dx2, dy2, k2, py, c0, c1, real: ti.template()):
+    """Columns [ca, cb] of row py that can be inside the face: where each edge function (linear in
+    px) is >= 0, widened by one pixel (the exact test still decides every pixel, so rounding here
+    cannot change coverage; it only saves testing the pixels of the bounding box that lie far outside)."""
+    lo = ti.cast(c0, real)
+    hi = ti.cast(c1, real)
+    for e in ti.static(range(3)):
+        ax, ay, dx, dy, k = ax0, ay0, dx0, dy0, k0
+        if ti.static(e == 1):
+            ax, ay, dx, dy, k = ax1, ay1, dx1, dy1, k1
+        if ti.static(e == 2):
+            ax, ay, dx, dy, k = ax2, ay2, dx2, dy2, k2
+        # e(px) = A + B px
+        B = -k * dy
+        A = k * (dx * (py - ay) + dy * ax)
+        if B > 0:
+            lo = ti.max(lo, -A / B)
+        elif B < 0:
+            hi = ti.min(hi, -A / B)
+        elif A < 0:
+            hi = lo - 2  # parallel to the row and outside: empty
+    ca = ti.max(c0, ti.cast(ti.floor(lo), ti.i32) - 1)
+    cb = ti.min(c1, ti.cast(ti.ceil(hi), ti.i32) + 1)
+    return ca, cb
+
+
 @ti.func
 def _inside(e, tl) -> ti.i32:
     return (e > 0) or (e == 0 and tl == 1)
@@ -285,7 +315,11 @@ def raster_forward(
                     sg = s * cam[cm, 24]  # +1 where the ray leaves the mesh
                     for r in range(r0, r1 + 1):
                         py = ti.cast(r, real)
-                        for c in range(c0, c1 + 1):
+                        ca, cb = c0, c1
+                        if c1 - c0 > SPAN_MIN:  # a wide face: only the columns near its span on this row
+                            ca, cb = _span(ax0, ay0, dx0, dy0, k0, ax1, ay1, dx1, dy1, k1, ax2, ay2, dx2, dy2, k2,
+                                           py, c0, c1, real)
+                        for c in range(ca, cb + 1):
                             px = ti.cast(c, real)
                             e0 = _edge_value(ax0, ay0, dx0, dy0, k0, px, py)
                             e1 = _edge_value(ax1, ay1, dx1, dy1, k1, px, py)
