@@ -327,9 +327,12 @@ class Pipeline:
         kw.setdefault("air", out.air)
         kw.setdefault("output", out.kind)
         kw.setdefault("label", scene.label)
+        if scene.imaging is not None:
+            kw.setdefault("imaging", scene.imaging)
         return cls(scene.meshes, cameras if cameras is not None else scene.camera,
                    materials=[o.material for o in scene.objects], parents=scene.parents, names=scene.names,
-                   spectrum=scene.spectrum if spectrum is None else spectrum, detector=scene.detector, **kw)
+                   spectrum=scene.spectrum if spectrum is None else spectrum, detector=scene.detector,
+                   volumes=scene.volumes, **kw)
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -708,12 +711,18 @@ class Pipeline:
                 for v in range(len(self.cameras)) if (rv == v).any()]
 
     def ray_lengths(self, dtype, device) -> torch.Tensor:
-        """(n_ray_cameras, H, W) source-to-pixel distances, mm (the air term)."""
+        """(n_ray_cameras, H, W) source-to-pixel distances, mm (the air term), computed on the device."""
         key = (dtype, str(device))
         if key not in self._ray:
-            self._ray[key] = torch.as_tensor(np.stack([c.ray_lengths() for c in self._ray_cameras]), dtype=dtype,
-                                             device=device)
+            H, W = self.image_shape
+            v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64, device=device),
+                                  torch.arange(W, dtype=torch.float64, device=device), indexing="ij")
+            pix = torch.stack([u, v, torch.ones_like(u)], -1)  # (H, W, 3)
+            minv = torch.as_tensor(np.stack([c.M_inv for c in self._ray_cameras]), device=device)
+            D = torch.as_tensor([c.detector_distance for c in self._ray_cameras], dtype=torch.float64, device=device)
+            self._ray[key] = (D[:, None, None] * torch.einsum("kab,hwb->khwa", minv, pix).norm(dim=-1)).to(dtype)
         return self._ray[key]
+
 
     # ------------------------------------------------------------------ vertices
     def pack_vertices(self, vertices=None, dtype=None) -> torch.Tensor:
@@ -857,8 +866,8 @@ class Pipeline:
         self.nesting_messages = msgs
         if msgs and self.overlap != "allow":
             text = (f"{self.label}: objects break their nesting: " + "; ".join(msgs) +
-                    ". Declare the inner object's parent, fix the meshes, or allow overlaps (overlap='allow' / "
-                    "--overlap allow: overlapping objects then add up).")
+                    ". Declare the inner object's parent, fix the meshes, or allow overlaps (overlap='allow' in "
+                    "Python, --on-nesting ignore on the command line: overlapping objects then add up).")
             if self.overlap == "raise":
                 raise NestingError(text)
             warnings.warn(text, NestingWarning, stacklevel=3)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import scene_sections as sections
 from .camera import Camera
 from .mesh import Mesh
 from .physics.detector import Detector
@@ -44,15 +45,15 @@ OUTPUT_KINDS = ("line_integral", "transmission", "intensity")
 PHANTOMS = ("thorax", "pelvis")
 PHANTOM_PREFIX = "phantom:"
 
-_SECTIONS = ("scene", "camera", "spectrum", "detector", "materials", "object", "output")
+_SECTIONS = ("scene", "camera", "spectrum", "detector", "materials", "object", "output", "source", "volume")
 _SCENE_KEYS = ("name", "description", "phantom_resolution")
 _CARM_KEYS = ("sid", "sdd", "detector", "pixel_spacing", "lao", "cran", "isocenter", "radiological")
 _MATRIX_KEYS = ("P", "width", "height", "pixel_spacing")
-_SPECTRUM_KEYS = ("kvp", "filtration", "bin_width", "monochromatic", "csv")
-_DETECTOR_KEYS = ("kind", "scintillator")
+_SPECTRUM_KEYS = ("kvp", "filtration", "bin_width", "monochromatic", "csv", "model")
+_DETECTOR_KEYS = ("kind", "scintillator") + sections.DETECTOR_MODEL_KEYS
 _SCINT_KEYS = ("material", "thickness_mm")
 _MATERIAL_KEYS = ("formula", "elements", "fractions", "composition", "density")
-_OBJECT_KEYS = ("name", "mesh", "material", "parent", "transform")
+_OBJECT_KEYS = ("name", "mesh", "tetmesh", "basis", "material", "parent", "transform")
 _TRANSFORM_KEYS = ("translate", "rotate_deg", "centre")
 _OUTPUT_KEYS = ("kind", "bits", "window", "invert", "air", "noise")
 _NOISE_KEYS = ("photons_per_pixel", "seed")
@@ -136,6 +137,8 @@ class SpectrumSpec:
     bin_width: float = 1.0
     energy: float | None = None
     csv: Path | None = None
+    model: str = "tasmip"
+    anode_angle_deg: float = 12.0
 
     def build(self, kvp: float | None = None) -> Spectrum:
         """The :class:`Spectrum`; ``kvp`` overrides the tube voltage (tungsten spectra only)."""
@@ -144,7 +147,8 @@ class SpectrumSpec:
                              f"this scene's spectrum is {self.kind}")
         if self.kind == "tungsten":
             return Spectrum.tungsten(self.kvp if kvp is None else float(kvp),
-                                     filtration=dict(self.filtration or {}), bin_width=self.bin_width)
+                                     filtration=dict(self.filtration or {}), bin_width=self.bin_width,
+                                     model=self.model, anode_angle_deg=self.anode_angle_deg)
         if self.kind == "monochromatic":
             return Spectrum.monochromatic(self.energy)
         return Spectrum.from_csv(self.csv)
@@ -195,6 +199,9 @@ class Scene:
     materials: dict  # custom materials: name -> Material
     objects: list
     output: OutputSpec = field(default_factory=OutputSpec)
+    volumes: list = field(default_factory=list)  # VolumeObject of each [[volume]]
+    imaging: object = None  # Imaging: [source] and the detector model of [detector]
+    detector_pitch_from_camera: bool = True
 
     @property
     def names(self) -> list[str]:
@@ -202,7 +209,9 @@ class Scene:
 
     @property
     def parents(self) -> list[int]:
+        """Parent index of every object: -1 = top level, P + k = inside volume k (P = number of objects)."""
         idx = {o.name: i for i, o in enumerate(self.objects)}
+        idx.update({v.name: len(self.objects) + k for k, v in enumerate(self.volumes)})
         return [-1 if o.parent is None else idx[o.parent] for o in self.objects]
 
     @property
@@ -215,11 +224,20 @@ class Scene:
 
     def with_overrides(self, *, kvp=None, lao=None, cran=None, size=None) -> "Scene":
         """A copy with another tube voltage, C-arm angles or detector size (see :meth:`CameraSpec.build`)."""
+        import dataclasses
+
         s = copy.copy(self)
         if lao is not None or cran is not None or size is not None:
             s.camera = self.camera_spec.build(lao=lao, cran=cran, size=size)
+            im = self.imaging
+            if size is not None and im is not None and im.detector is not None and self.detector_pitch_from_camera \
+                    and s.camera.pixel_spacing is not None:
+                s.imaging = dataclasses.replace(im, detector=dataclasses.replace(
+                    im.detector, pixel_pitch_mm=s.camera.pixel_spacing))
         if kvp is not None:
             s.spectrum = self.spectrum_spec.build(kvp=kvp)
+            if s.imaging is not None and s.imaging.heel:
+                s.imaging = dataclasses.replace(s.imaging, kvp=float(kvp))
         return s
 
 
@@ -389,7 +407,7 @@ def _camera(ctx: _Ctx, d) -> CameraSpec:
     return spec
 
 
-def _spectrum(ctx: _Ctx, d, folder: Path) -> SpectrumSpec:
+def _spectrum(ctx: _Ctx, d, folder: Path, anode: float = 12.0) -> SpectrumSpec:
     d = ctx.table(d)
     ctx.keys(d, _SPECTRUM_KEYS)
     kinds = [k for k in ("kvp", "monochromatic", "csv") if k in d]
@@ -401,6 +419,9 @@ def _spectrum(ctx: _Ctx, d, folder: Path) -> SpectrumSpec:
         for k in ("filtration", "bin_width"):
             if k in d:
                 raise ctx.err(k, f"only applies to a tungsten spectrum (kvp = ...), not to {kind}")
+    model = ctx.string(d, "model", "tasmip", choices=("tasmip", "spekpy"))
+    if model != "tasmip" and kind != "kvp":
+        raise ctx.err("model", "only applies to a tungsten spectrum (kvp = ...)")
     if kind == "kvp":
         kvp = ctx.number(d, "kvp", positive=True)
         filt = d.get("filtration", {"Al": 2.5})
@@ -415,7 +436,7 @@ def _spectrum(ctx: _Ctx, d, folder: Path) -> SpectrumSpec:
                 raise ctx.err(name, f"unknown filter material {mat!r} ({_msg(exc)})") from None
             out[mat] = t
         bw = ctx.number(d, "bin_width", 1.0, positive=True)
-        spec = SpectrumSpec("tungsten", kvp=kvp, filtration=out, bin_width=bw)
+        spec = SpectrumSpec("tungsten", kvp=kvp, filtration=out, bin_width=bw, model=model, anode_angle_deg=anode)
         key = "kvp"
     elif kind == "monochromatic":
         spec = SpectrumSpec("monochromatic", energy=ctx.number(d, "monochromatic", positive=True))
@@ -534,7 +555,8 @@ class _PhantomCache:
         return ph[oname]
 
 
-def _objects(ctx: _Ctx, entries, folder: Path, materials: dict, resolution: str) -> list[SceneObject]:
+def _objects(ctx: _Ctx, entries, folder: Path, materials: dict, resolution: str,
+             volume_names=()) -> list[SceneObject]:
     if not isinstance(entries, list):
         raise ctx.sub("[[object]]").err(None, "objects must be an array of tables: write each as [[object]]")
     if not entries:
@@ -554,6 +576,15 @@ def _objects(ctx: _Ctx, entries, folder: Path, materials: dict, resolution: str)
         if name in seen:
             raise c.err("name", f"duplicate object name {name!r} (also [[object]] #{seen[name]})")
         seen[name] = i
+        if "tetmesh" in d:  # a tetrahedral mesh: its basis materials and densities come with it
+            if "mesh" in d or "material" in d:
+                raise c.err("tetmesh", "a tetrahedral object takes no 'mesh' or 'material' (its basis materials "
+                                       "and densities are in the file; 'basis' names them when the file does not)")
+            tm, source = sections.tetmesh(c, d, folder, name)
+            out.append(SceneObject(name, tm, None, "+".join(tm.basis), c.string(d, "parent"), source))
+            continue
+        if "basis" in d:
+            raise c.err("basis", "only applies to a tetrahedral mesh (tetmesh = ...)")
         ref = c.string(d, "mesh", required=True)
         # material
         pobj = None
@@ -605,14 +636,16 @@ def _objects(ctx: _Ctx, entries, folder: Path, materials: dict, resolution: str)
         c = ctx.sub(f"[[object]] #{i} '{o.name}'")
         if o.parent == o.name:
             raise c.err("parent", "an object cannot be its own parent")
+        if o.parent in volume_names:
+            continue  # inside a volume: replaces its material along its path
         if o.parent not in seen:
-            close = difflib.get_close_matches(o.parent, names, n=1)
+            close = difflib.get_close_matches(o.parent, names + list(volume_names), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise c.err("parent", f"unknown parent {o.parent!r}{hint} (no object of that name)")
     by_name = {o.name: o for o in out}
     for i, o in enumerate(out, start=1):
         chain, cur = [o.name], o.parent
-        while cur is not None:
+        while cur is not None and cur not in volume_names:
             if cur in chain:
                 cyc = chain[chain.index(cur):] + [cur]
                 raise ctx.sub(f"[[object]] #{i} '{o.name}'").err(
@@ -679,18 +712,42 @@ def parse_scene(data: dict, path=None, folder=None) -> Scene:
         if sec not in data:
             raise top.err(sec, f"missing section [{sec}]")
     cam = _camera(_Ctx(label, "[camera]"), data["camera"])
-    spec = _spectrum(_Ctx(label, "[spectrum]"), data["spectrum"], folder)
+    src_kw = sections.source(_Ctx(label, "[source]"), data.get("source", {}))
+    spec = _spectrum(_Ctx(label, "[spectrum]"), data["spectrum"], folder, src_kw["anode_angle_deg"])
     mats = {}
     mctx = _Ctx(label, "[materials]")
     for mname, md in mctx.table(data.get("materials", {}), "materials").items():
         mats[mname] = _custom_material(_Ctx(label, f"[materials.{mname}]"), mname, md)
-    det = _detector(_Ctx(label, "[detector]"), data.get("detector", {}), mats)
-    if "object" not in data:
-        raise top.err("object", "the scene has no [[object]] entries")
-    objs = _objects(top, data["object"], folder, mats, res)
+    dctx = _Ctx(label, "[detector]")
+    det = _detector(dctx, data.get("detector", {}), mats)
+    model, noise, seed = sections.detector_model(dctx, data.get("detector", {}), cam, det.kind)
+    vols = []
+    ventries = data.get("volume", [])
+    if not isinstance(ventries, list):
+        raise top.err("volume", "volumes must be an array of tables: write each as [[volume]]")
+    for i, vd in enumerate(ventries, start=1):
+        vname = vd.get("name") if isinstance(vd, dict) else None
+        vols.append(sections.volume(_Ctx(label, f"[[volume]] #{i}" + (f" '{vname}'" if isinstance(vname, str) else
+                                                                       "")), vd, folder))
+    vnames = [v.name for v in vols]
+    if len(set(vnames)) != len(vnames):
+        raise top.err("volume", f"duplicate volume names: {vnames}")
+    if "object" not in data and not vols:
+        raise top.err("object", "the scene has no [[object]] or [[volume]] entries")
+    objs = _objects(top, data["object"], folder, mats, res, vnames) if "object" in data else []
+    clash = set(vnames) & {o.name for o in objs}
+    if clash:
+        raise top.err("volume", f"a volume and an object share the name {sorted(clash)[0]!r}")
     out = _output(_Ctx(label, "[output]"), data.get("output", {}), cam)
+    from .physics.imaging import Imaging
+
+    kvp = spec.kvp if spec.kind == "tungsten" else None
+    try:
+        imaging = Imaging(detector=model, noise=noise, seed=seed, kvp=kvp, **src_kw)
+    except (ValueError, TypeError) as exc:
+        raise _Ctx(label, "[source]/[detector]").err(None, str(exc)) from None
     return Scene(Path(path) if path is not None else None, name, desc, cam, spec, cam.build(), spec.build(),
-                 det, mats, objs, out)
+                 det, mats, objs, out, vols, imaging, "pixel_pitch_mm" not in data.get("detector", {}))
 
 
 def load_scene(path) -> Scene:

@@ -708,7 +708,9 @@ def check_nesting(
     Each pair counts once per pixel (consecutive repeats are merged). Crossings closer
     than ``tol`` mm are ordered as touching surfaces should be: an object is left before
     another is entered, outer objects are entered first and left last (the crossings of
-    one object keep their exact order: thin chords and creases).
+    one object keep their exact order: thin chords and creases; an exit and an entry of one
+    object within tol that contradict what is open are a graze whose depths rounded the wrong
+    way round, and are skipped together).
     """
     K = slot_face.shape[3]
     for i, r, c in ti.ndrange(count.shape[0], count.shape[1], count.shape[2]):
@@ -754,10 +756,26 @@ def check_nesting(
         top = 0
         last_a = -1
         last_b = -1
+        skip_next = 0
         for a in range(n):
             o = face_obj[slot_face[i, r, c, a]]
-            if face_skip[slot_face[i, r, c, a]] != 0:
+            if face_skip[slot_face[i, r, c, a]] != 0 or skip_next == 1:
+                skip_next = 0
                 continue
+            # a crossing that contradicts the state (o entered while open, or left while not open) next to
+            # the opposite crossing of o within tol is a graze of a fold whose two depths rounded the
+            # wrong way round: neither changes what is open
+            if a + 1 < n and face_obj[slot_face[i, r, c, a + 1]] == o and face_skip[slot_face[i, r, c, a + 1]] == 0:
+                d0 = slot_depth[i, r, c, a]
+                d1 = slot_depth[i, r, c, a + 1]
+                if (d0 < 0) != (d1 < 0) and ti.abs(ti.abs(d0) - ti.abs(d1)) <= tol:
+                    is_open = 0
+                    for q in range(top):
+                        if stack[q] == o:
+                            is_open = 1
+                    if (d0 < 0 and is_open == 1) or (d0 > 0 and is_open == 0):
+                        skip_next = 1
+                        continue
             if slot_depth[i, r, c, a] < 0:  # entry
                 inner = -1
                 if top > 0:
