@@ -22,6 +22,7 @@ import torch
 from . import runtime
 from .camera import Camera
 from .imageio import robust_window, to_uint
+from .physics.materials import get_material
 from .pipeline import NESTING_TOL_MM, NestingError, NestingWarning, Pipeline, _sync, material_key
 from .scene import Scene, load_scene
 
@@ -232,7 +233,13 @@ def memory_estimate(scene: Scene, camera: Camera | None = None) -> dict:
     """
     cam = scene.camera if camera is None else camera
     hw = cam.height * cam.width
-    C = len({material_key(o.material) for o in scene.objects}) + int(scene.output.air)
+    mats = {material_key(o.material) for o in scene.objects if o.material is not None}
+    for o in scene.objects:
+        if o.material is None:  # a tetrahedral mesh: its basis materials
+            mats |= {material_key(get_material(b)) for b in o.mesh.basis}
+    for v in scene.volumes:
+        mats |= {material_key(m) for m in v.conversion.materials}
+    C = len(mats) + int(scene.output.air)
     r = C * hw * 8 + hw * 4 + 8 * hw * (4 + 8)
     p = hw * 8
     o = 5 * hw * 8 + C * hw * 8 + hw * 2

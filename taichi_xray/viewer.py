@@ -305,6 +305,18 @@ def object_colours(scene) -> list:
     return out
 
 
+def _box_edges(corners) -> np.ndarray:
+    """(24, 3) segment end points of the 12 edges of a box given by its 8 corners (any order of
+    the three axes' lo/hi, as Volume.corners lists them)."""
+    c = np.asarray(corners, dtype=np.float64).reshape(8, 3)
+    seg = []
+    for i in range(8):
+        for j in range(i + 1, 8):
+            if bin(i ^ j).count("1") == 1:  # corners i, j differ in one axis: an edge
+                seg += [c[i], c[j]]
+    return np.asarray(seg, np.float32)
+
+
 def frustum_lines(camera, isocenter) -> np.ndarray:
     """(18, 3) float32 segment end points (mm): 4 source->detector corner rays, the 4 detector
     edges and the central ray source->isocentre. Needs the camera's pixel_spacing."""
@@ -343,8 +355,9 @@ class Overview:
         cols = object_colours(scene)
         nf = 0
         for o, c in zip(scene.objects, cols):
-            V = np.asarray(o.mesh.vertices, dtype=np.float32)
-            F = np.asarray(o.mesh.faces, dtype=np.int64)
+            m = o.mesh.boundary() if hasattr(o.mesh, "boundary") else o.mesh  # a tetrahedral mesh: its surface
+            V = np.asarray(m.vertices, dtype=np.float32)
+            F = np.asarray(m.faces, dtype=np.int64)
             Vs.append(V)
             Fs.append(F + off)
             Cs.append(np.tile(np.asarray(c, np.float32), (len(V), 1)))
@@ -367,9 +380,13 @@ class Overview:
         self.solid = ti.field(ti.i32, shape=max(3 * nf, 3))
         self.wire = ti.field(ti.i32, shape=max(3 * nf, 3))
         self.n_solid = self.n_wire = 0
-        self.lines = ti.Vector.field(3, ti.f32, shape=18)
-        self.line_colours = ti.Vector.field(3, ti.f32, shape=18)
-        self.line_colours.from_numpy(_LINE_COLOURS)
+        # the beam's lines, then the edges of every CT volume's box (white)
+        self.box_lines = np.concatenate([_box_edges(v.volume.corners) for v in getattr(scene, "volumes", [])] or
+                                        [np.zeros((0, 3), np.float32)]).astype(np.float32)
+        n_lines = 18 + len(self.box_lines)
+        self.lines = ti.Vector.field(3, ti.f32, shape=n_lines)
+        self.line_colours = ti.Vector.field(3, ti.f32, shape=n_lines)
+        self.line_colours.from_numpy(np.concatenate([_LINE_COLOURS, np.ones((len(self.box_lines), 3), np.float32)]))
         lo, hi = V.min(0), V.max(0)
         self.mesh_centre = 0.5 * (lo + hi)
         self._vis = None
@@ -469,7 +486,7 @@ class Viewer:
         cam = self.pipeline.camera
         ov.set_visible(st.visible)
         seg = frustum_lines(cam, self.isocenter)
-        ov.lines.from_numpy(seg)
+        ov.lines.from_numpy(np.concatenate([seg, ov.box_lines]) if len(ov.box_lines) else seg)
         pts = np.concatenate([seg, ov.vertices.to_numpy()[:: max(1, ov.vertices.shape[0] // 2000)]])
         r = float(np.max(np.linalg.norm(pts - self.isocenter, axis=1))) * 1.05 / max(st.zoom, 1e-3)
         az, el = np.deg2rad(st.orbit_az), np.deg2rad(st.orbit_el)

@@ -78,7 +78,14 @@ def run(args) -> int:
     p(f"materials (mu at the mean energy {emean:.1f} keV)")
     used: dict = {}
     for o in scene.objects:
+        if o.material is None:  # a tetrahedral mesh: its basis materials
+            for b in o.mesh.basis:
+                used.setdefault(b, (get_material(b), []))[1].append(o.name)
+            continue
         used.setdefault(o.material_name, (o.material, []))[1].append(o.name)
+    for v in scene.volumes:
+        for m in v.conversion.materials:
+            used.setdefault(m.name, (m, []))[1].append(f"volume {v.name}")
     if scene.output.air:
         used.setdefault("air", (get_material("air"), []))[1].append("(beam path)")
     p(f"  {'name':<26} {'density g/cm3':>13} {'mu 1/mm':>10} {'mu/rho cm2/g':>12}  objects")
@@ -92,10 +99,26 @@ def run(args) -> int:
     p(f"  {'#':>3} {'name':<20} {'material':<16} {'parent':<14} {'faces':>7} {'volume cm3':>10} "
       f"{'watertight':>10} {'outward':>7}  problems")
     for i, o in enumerate(scene.objects, 1):
+        if o.material is None:  # a tetrahedral mesh
+            tm = o.mesh
+            rb = tm.boundary().check()
+            p(f"  {i:>3} {o.name:<20} {'tets: ' + '+'.join(tm.basis):<16} {o.parent or '-':<14} {tm.n_faces:>7} "
+              f"{tm.volume() / 1e3:>10.2f} {'yes' if rb.watertight else 'NO':>10} {'yes' if rb.outward else 'NO':>7}  "
+              f"{tm.n_tets} tetrahedra, {tm.kind} densities")
+            continue
         r = o.mesh.check()
         probs = "; ".join(r.problems()) or "-"
         p(f"  {i:>3} {o.name:<20} {o.material_name:<16} {o.parent or '-':<14} {r.n_faces:>7} "
           f"{r.volume / 1e3:>10.2f} {'yes' if r.watertight else 'NO':>10} {'yes' if r.outward else 'NO':>7}  {probs}")
+    if scene.volumes:
+        p(f"volumes ({len(scene.volumes)})")
+        for v in scene.volumes:
+            vol = v.volume
+            vals = np.asarray(vol.values)
+            sp = ", ".join(f"{x:.3g}" for x in vol.spacing)
+            p(f"  {v.name:<20} {' x '.join(map(str, vol.shape))} voxels of {sp} mm, HU {vals.min():.0f} .. "
+              f"{vals.max():.0f}; {v.conversion.name} -> {', '.join(m.name for m in v.conversion.materials)}; "
+              f"{v.method}; {vals.size * len(v.conversion.materials) * 4 / 2 ** 20:.1f} MiB on the device")
     mem = memory_estimate(scene)
     mib = 1024 ** 2
     p(f"memory estimate ({cam.width}x{cam.height}, {len(scene.objects)} objects): {mem['total'] / mib:.1f} MiB "

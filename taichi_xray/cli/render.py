@@ -118,17 +118,16 @@ def run(args) -> int:
         if args.figure:
             _figure(next(it), res, sc, label, overwrite=args.force)
         for k, v in res.timings.items():
-            total[k] += v
+            total[k] = total.get(k, 0.0) + v
         total["write"] += (time.perf_counter() - t0) * 1e3
         if len(frames) == 1:
-            log.info("wrote %s (%dx%d %s, window [%.4g, %.4g]) and %s; %.0f ms (rasterize %.0f, physics %.0f, "
-                     "output %.0f, write %.0f)", png, res.camera.width, res.camera.height, res.kind,
-                     res.window[0], res.window[1], ptxt.name, res.total_ms + total["write"],
-                     res.timings["rasterize"], res.timings["physics"], res.timings["output"], total["write"])
+            stages = ", ".join(f"{k} {v:.0f}" for k, v in list(res.timings.items()) + [("write", total["write"])])
+            log.info("wrote %s (%dx%d %s, window [%.4g, %.4g]) and %s; %.0f ms (%s)", png, res.camera.width,
+                     res.camera.height, res.kind, res.window[0], res.window[1], ptxt.name,
+                     res.total_ms + total["write"], stages)
     if len(frames) > 1:
-        log.info("wrote %d frames %s ... %s; total %.0f ms (rasterize %.0f, physics %.0f, output %.0f, write %.0f)",
-                 len(frames), paths[0][0], paths[-1][0], sum(total.values()), total["rasterize"],
-                 total["physics"], total["output"], total["write"])
+        log.info("wrote %d frames %s ... %s; total %.0f ms (%s)", len(frames), paths[0][0], paths[-1][0],
+                 sum(total.values()), ", ".join(f"{k} {v:.0f}" for k, v in total.items()))
     return 0
 
 
