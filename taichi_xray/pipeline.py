@@ -959,17 +959,19 @@ class Pipeline:
         return self._phys[key]
 
     def _water_equivalent(self, u: int) -> torch.Tensor:
-        """(H, W) water-equivalent thickness (mm) of user instance u, from its first source's channels."""
+        """(H, W) water-equivalent thickness (mm) of user instance u, from its first source's channels
+        at the spectrum's mean energy (the air channel left out)."""
         from .physics.materials import get_material
+        from .physics.scatter import water_equivalent_thickness
 
         L = self._last_L
         i = int(np.flatnonzero(self._inst_owner == u)[0])
         e = float(self.spectrum.mean_energy())
-        mu_w = float(get_material("water").mu([e])[0])
-        mus = torch.as_tensor([float(m.mu([e])[0]) for m in self.channel_materials], dtype=L.dtype, device=L.device)
+        mus = np.array([float(m.mu([e])[0]) for m in self.channel_materials])
         if self.air_channel is not None:
             mus[self.air_channel] = 0.0
-        return torch.einsum("c,chw->hw", mus, L[i]) / mu_w
+        w = water_equivalent_thickness(L[i].detach(), mus, float(get_material("water").mu([e])[0]))
+        return torch.clamp(w, min=0.0)
 
     # ------------------------------------------------------------------ whole renders
     def render(self, vertices=None, *, kind: str | None = None, timings: bool = False) -> torch.Tensor:

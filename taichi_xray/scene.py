@@ -45,7 +45,8 @@ OUTPUT_KINDS = ("line_integral", "transmission", "intensity")
 PHANTOMS = ("thorax", "pelvis")
 PHANTOM_PREFIX = "phantom:"
 
-_SECTIONS = ("scene", "camera", "spectrum", "detector", "materials", "object", "output", "source", "volume")
+_SECTIONS = ("scene", "camera", "spectrum", "detector", "materials", "object", "output", "source", "volume",
+             "scatter")
 _SCENE_KEYS = ("name", "description", "phantom_resolution")
 _CARM_KEYS = ("sid", "sdd", "detector", "pixel_spacing", "lao", "cran", "isocenter", "radiological")
 _MATRIX_KEYS = ("P", "width", "height", "pixel_spacing")
@@ -742,8 +743,13 @@ def parse_scene(data: dict, path=None, folder=None) -> Scene:
     from .physics.imaging import Imaging
 
     kvp = spec.kvp if spec.kind == "tungsten" else None
+    scat = None
+    if "scatter" in data:
+        pts = [np.asarray(o.mesh.vertices) for o in objs] + [v.volume.corners for v in vols]
+        scat = sections.scatter(_Ctx(label, "[scatter]"), data["scatter"], kvp, cam,
+                                np.concatenate(pts) if pts else None)
     try:
-        imaging = Imaging(detector=model, noise=noise, seed=seed, kvp=kvp, **src_kw)
+        imaging = Imaging(detector=model, noise=noise, seed=seed, kvp=kvp, scatter=scat, **src_kw)
     except (ValueError, TypeError) as exc:
         raise _Ctx(label, "[source]/[detector]").err(None, str(exc)) from None
     return Scene(Path(path) if path is not None else None, name, desc, cam, spec, cam.build(), spec.build(),

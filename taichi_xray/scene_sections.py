@@ -18,6 +18,7 @@ DETECTOR_MODEL_KEYS = ("preset", "mtf", "swank", "gain", "offset", "electronic_n
 DETECTOR_NOISE_KEYS = ("seed", "method")
 MTF_KEYS = ("points", "gaussian_sigma_mm", "exponential_b_mm")
 VOLUME_KEYS = ("name", "path", "series_uid", "transform", "hu_conversion", "method", "step_mm")
+SCATTER_KEYS = ("model", "air_gap_mm", "grid", "coarse_mm")
 ANODES = ("top", "bottom", "left", "right")
 
 
@@ -185,3 +186,43 @@ def tetmesh(ctx, d, folder: Path, name: str):
         V = (np.asarray(tm.vertices) - c) @ R.T + c + t
         tm = TetMesh(V, tm.tets, tm.densities, basis=tm.basis, name=name, kind=tm.kind)
     return tm, str(p)
+
+
+def scatter(ctx, d, kvp, camera_spec, points):
+    """The [scatter] table -> a :class:`~taichi_xray.physics.scatter.KernelScatterModel` or None.
+
+    air_gap_mm = "auto" (default): from the objects' far side (the deepest of ``points`` (n, 3): their
+    vertices and volume corners) to the detector plane of the scene's camera.
+    """
+    from .physics.scatter import AntiScatterGrid, KernelScatterModel
+
+    d = ctx.table(d)
+    ctx.keys(d, SCATTER_KEYS)
+    model = ctx.string(d, "model", "kernel", choices=("kernel", "none"))
+    if model == "none":
+        return None
+    if kvp is None:
+        raise ctx.err("model", "the scatter kernels are calibrated for tungsten spectra: give [spectrum] kvp")
+    cam = camera_spec.build()
+    if cam.pixel_spacing is None:
+        raise ctx.err(None, "scatter needs [camera] pixel_spacing (the kernels are in mm)")
+    gap = d.get("air_gap_mm", "auto")
+    if gap == "auto":
+        if points is None or not len(points):
+            raise ctx.err("air_gap_mm", "no objects to measure the air gap from: give a number")
+        _, w = cam.project(np.asarray(points, dtype=np.float64))
+        gap = max(float(cam.detector_distance - w.max()), 0.0)
+    else:
+        gap = ctx.number(d, "air_gap_mm", nonneg=True)
+    grid = None
+    if "grid" in d:
+        try:
+            grid = AntiScatterGrid.from_dict(ctx.table(d["grid"], "grid"))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ctx.err("grid", exc.args[0] if isinstance(exc, KeyError) else str(exc)) from None
+    try:
+        return KernelScatterModel(kvp=kvp, air_gap_mm=gap, grid=grid, coarse_mm=ctx.number(d, "coarse_mm", 4.0,
+                                                                                             positive=True),
+                                  sdd_mm=cam.detector_distance)
+    except (ValueError, TypeError) as exc:
+        raise ctx.err(None, str(exc)) from None

@@ -111,3 +111,21 @@ def test_detector_blur_in_the_line_integral_and_gradients_flow():
     v2 = torch.tensor(V, dtype=torch.float32, requires_grad=True)
     (mtf.apply(plain.render_torch([v2])[0], 2.0) * w).sum().backward()
     np.testing.assert_allclose(v.grad.numpy(), v2.grad.numpy(), rtol=1e-5, atol=1e-6 * float(v2.grad.abs().max()))
+
+
+def test_scatter_adds_the_kernel_estimate_on_the_water_equivalent_thickness():
+    from taichi_xray.physics.scatter import KernelScatterModel
+
+    slab = tx.Mesh(*box((-200.0, -100.0, -200.0), (200.0, 100.0, 200.0)), "slab")  # 200 mm of water along y
+    cam = tx.Camera.c_arm(sid=1000.0, sdd=1300.0, width=64, height=64, pixel_spacing=4.0)
+    spec = Spectrum.tungsten(80, filtration={"Al": 2.5}, bin_width=4.0)
+    model = KernelScatterModel(kvp=80.0, air_gap_mm=200.0, sdd_mm=cam.detector_distance)
+    kw = dict(materials=["water"], spectrum=spec, output="intensity", physics_dtype=torch.float64)
+    prim = Pipeline([slab], cam, **kw).render()[0].numpy()
+    withs = Pipeline([slab], cam, imaging=Imaging(scatter=model), **kw).render()[0].numpy()
+    # independent: the same model on the primary and the slab's water-equivalent thickness (water: = chord)
+    chord = tx.path_length(slab, cam, dtype=torch.float64)
+    S = model(prim, chord, cam.pixel_spacing, principal_point=cam.principal_point)
+    np.testing.assert_allclose(withs - prim, S, rtol=1e-5, atol=1e-6 * prim.max())
+    spr = (withs - prim)[32, 32] / prim[32, 32]
+    assert 0.3 * model.amplitude(200.0) < spr < 1.5 * model.amplitude(200.0), (spr, model.amplitude(200.0))

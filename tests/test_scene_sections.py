@@ -127,3 +127,33 @@ def test_scene_errors_name_the_section_and_key(tmp_path):
         (tmp_path / "e.toml").write_text(base + extra)
         with pytest.raises(SceneError, match=match):
             load_scene(tmp_path / "e.toml")
+
+
+def test_scatter_section(tmp_path):
+    tx.Mesh(*icosphere(80.0, 3), "body").save(tmp_path / "body.stl")
+    text = CAMERA + """
+        [spectrum]
+        kvp = 80
+        [[object]]
+        name = "body"
+        mesh = "body.stl"
+        material = "water"
+        [output]
+        kind = "intensity"
+        """
+    (tmp_path / "a.toml").write_text(textwrap.dedent(text))
+    (tmp_path / "b.toml").write_text(textwrap.dedent(text + """
+        [scatter]
+        model = "kernel"
+        grid = { ratio = 10.0, lines_per_cm = 60.0 }
+        """))
+    sa, sb = load_scene(tmp_path / "a.toml"), load_scene(tmp_path / "b.toml")
+    assert sa.imaging.scatter is None
+    m = sb.imaging.scatter
+    # auto air gap: the detector (sdd 700 along the central ray) minus the ball's far side (400 + 80)
+    assert m.air_gap_mm == pytest.approx(700.0 - 480.0, abs=1.0) and m.grid is not None
+    a, b = render(sa).intensity, render(sb).intensity
+    assert (b >= a - 1e-9 * a.max()).all() and (b - a).max() > 0.01 * a.max()
+    (tmp_path / "c.toml").write_text(textwrap.dedent(text + '\n[scatter]\ngrid = { ratio = 10.0, septa = 3 }\n'))
+    with pytest.raises(SceneError, match=r"\[scatter\]: key 'grid'"):
+        load_scene(tmp_path / "c.toml")

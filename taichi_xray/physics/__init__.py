@@ -16,3 +16,6 @@ from .source import (FocalSpot, shifted_camera, penumbra_width, heel_weights, he
                      fluence_falloff, spekpy_spectrum)
 from .detector_model import MTF, DetectorModel, PhotonCountingModel, signal_weights, counting_bin_weights
 from .hu import HUConversion, get_hu_conversion, hu_conversions
+from .scatter import AntiScatterGrid, KernelScatterModel, scatter_estimate, water_equivalent_thickness
+from .montecarlo import simulate, Slab, Cylinder, Sphere, Source, DetectorTally, MCResult
+from .imaging import Imaging

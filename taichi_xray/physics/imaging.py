@@ -14,8 +14,9 @@ The :class:`~taichi_xray.pipeline.Pipeline` runs, per view:
    detector, :func:`~taichi_xray.physics.source.shifted_camera`) and the signals averaged
    with the samples' weights: the depth-dependent penumbra of a cone beam, exactly.
 3. The inverse-square and obliquity falloff across the detector (``falloff``).
-4. Scatter, added to the primary signal (a model with ``__call__(primary, water_mm, camera)``,
-   e.g. :mod:`taichi_xray.physics.scatter` when available).
+4. Scatter, added to the primary signal: :class:`~taichi_xray.physics.scatter.KernelScatterModel`
+   (scatter-kernel superposition on the water-equivalent thickness, calibrated against the
+   package's Monte Carlo; linear in the primary, so it takes the signal in any unit).
 5. The detector model (:class:`~taichi_xray.physics.detector_model.DetectorModel` or
    :class:`~taichi_xray.physics.detector_model.PhotonCountingModel`): MTF blur, quantum and
    electronic noise, gain/offset, binning, ADC; noise seeded, Gaussian
@@ -55,7 +56,8 @@ class Imaging:
         the spectrum's highest non-empty bin).
     focal_spot : :class:`FocalSpot` (sizes in mm) rendered with ``focal_samples`` source
         positions (a quadrature grid; ``focal_seed`` for seeded random samples instead).
-    scatter : a scatter model ``scatter(primary (H, W), water_equivalent_mm (H, W), camera)``.
+    scatter : a :class:`~taichi_xray.physics.scatter.KernelScatterModel` (or any callable
+        ``scatter(primary (H, W), water_equivalent_mm (H, W), pixel_spacing_mm, principal_point=(u, v))``).
     detector : :class:`DetectorModel` (energy integrating) or :class:`PhotonCountingModel`.
     noise : None (the expected image), "gaussian" (differentiable) or "poisson"; ``seed``.
     """
@@ -151,7 +153,10 @@ class Imaging:
         if self.scatter is not None:
             if water_mm is None:
                 raise ValueError("the scatter model needs the water-equivalent thickness")
-            x = torch.cat([x[:1] + self.scatter(x[0], water_mm, camera), x[1:]])
+            if camera.pixel_spacing is None:
+                raise ValueError("scatter needs cameras with pixel_spacing (the kernels are in mm)")
+            S = self.scatter(x[0], water_mm.to(x.dtype), camera.pixel_spacing, principal_point=camera.principal_point)
+            x = torch.cat([x[:1] + S[None], x[1:]])
         d = self.detector
         if d is None:
             return x[:1]
