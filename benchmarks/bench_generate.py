@@ -179,10 +179,14 @@ def main(argv=None):
                             f"{times[0]:.1f} / {times[1]:.1f} |")
                 print(rows[-1], flush=True)
     load1 = load()
+    from taichi_xray.scene import load_scene
+
+    thorax = load_scene(ROOT / "scenes" / "thorax.toml")
+    n_obj, n_faces = len(thorax.objects), sum(len(o.mesh.faces) for o in thorax.objects)
     text = "\n".join([
         "# Dataset generation benchmark: thorax, CPU",
         "",
-        f"Dataset `scenes/dataset-thorax.toml` (thorax scene: 61 objects, 53888 faces; LAO/CRAN, sid/sdd, "
+        f"Dataset `scenes/dataset-thorax.toml` (thorax scene: {n_obj} objects, {n_faces} faces; LAO/CRAN, sid/sdd, "
         f"isocentre, kVp, Cu filtration and mAs sampled; CsI detector model with noise; float32 + 16-bit images, "
         f"3 masks, 7 landmarks; HDF5 {args.compression}), at the sizes below.",
         f"Machine: {machine()}.",

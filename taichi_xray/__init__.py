@@ -19,6 +19,7 @@ _os.environ.setdefault("ENABLE_TAICHI_HEADER_PRINT", "false")
 from .runtime import init, arch, BackendError
 from .camera import Camera
 from .mesh import Mesh, MeshReport, MeshWarning
-from .rasterize import Raster, rasterize, path_length, GeometryError, KOverflowWarning
+from .rasterize import Raster, Rasterizer, rasterize, path_length, GeometryError, KOverflowWarning
+from .pipeline import Pipeline
 
 __version__ = "0.1.0"

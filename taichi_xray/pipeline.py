@@ -101,6 +101,11 @@ class VolumeObject:
             self.name = self.volume.name
 
 
+
+def _writable(a):
+    """``a`` itself, or a copy when it is a read-only numpy array (torch warns on those)."""
+    return np.array(a) if isinstance(a, np.ndarray) and not a.flags.writeable else a
+
 def material_key(m: Material):
     """Materials with the same key share a channel (name, density and composition)."""
     return (m.name, round(m.density, 9), tuple(sorted((k, round(v, 12)) for k, v in m.composition.items())))
@@ -541,8 +546,8 @@ class Pipeline:
                                                  device=dev) * s[so]
                 if tm.kind == "constant":
                     d = densities.get(p, densities.get(self.names[p]))
-                    d = torch.as_tensor(tm.densities if d is None else d, device=dev).to(dtype)
-                    jm = constant_jumps(d, torch.as_tensor(tm.face_tets, device=dev))[torch.as_tensor(keep)]
+                    d = torch.as_tensor(_writable(tm.densities if d is None else d), device=dev).to(dtype)
+                    jm = constant_jumps(d, torch.as_tensor(_writable(tm.face_tets), device=dev))[torch.as_tensor(keep)]
                     rows[:, :B] = jm * s[p]
             W = W.index_copy(0, torch.as_tensor(sel, device=dev), rows)
         if self.linear_tets:
@@ -554,11 +559,11 @@ class Pipeline:
                 lin_idx[sel] = n + np.arange(len(sel))
                 n += len(sel)
                 a, b = self.vertex_offsets[p], self.vertex_offsets[p + 1]
-                Vp = (torch.as_tensor(tm.vertices) if vertices is None else vertices[a:b]).to(device=dev, dtype=dtype)
+                Vp = (torch.as_tensor(_writable(tm.vertices)) if vertices is None else vertices[a:b]).to(device=dev, dtype=dtype)
                 xr = Vp.detach().mean(0)
                 d = densities.get(p, densities.get(self.names[p]))
-                d = torch.as_tensor(tm.densities if d is None else d, device=dev).to(dtype)
-                jl = linear_jumps(Vp, torch.as_tensor(tm.tets, device=dev), d, torch.as_tensor(tm.face_tets, device=dev),
+                d = torch.as_tensor(_writable(tm.densities if d is None else d), device=dev).to(dtype)
+                jl = linear_jumps(Vp, torch.as_tensor(_writable(tm.tets), device=dev), d, torch.as_tensor(_writable(tm.face_tets), device=dev),
                                   xr)[torch.as_tensor(keep)]
                 B = len(tm.basis)
                 tab = torch.zeros((len(sel), J, 4), dtype=dtype, device=dev)
@@ -635,9 +640,9 @@ class Pipeline:
             if is_t:
                 Vp = vertices[a:b].to(torch.float64)
                 xr = Vp.mean(0)
-                dens = torch.as_tensor(tm.densities, dtype=torch.float64, device=Vp.device)
-                jl = linear_jumps(Vp, torch.as_tensor(tm.tets, device=Vp.device), dens,
-                                  torch.as_tensor(tm.face_tets, device=Vp.device), xr)[torch.as_tensor(keep)]
+                dens = torch.as_tensor(_writable(tm.densities), dtype=torch.float64, device=Vp.device)
+                jl = linear_jumps(Vp, torch.as_tensor(_writable(tm.tets), device=Vp.device), dens,
+                                  torch.as_tensor(_writable(tm.face_tets), device=Vp.device), xr)[torch.as_tensor(keep)]
             else:
                 xr = np.asarray(tm.vertices, np.float64).mean(0)
                 jl = torch.as_tensor(tm.linear_jumps(xr)[0][keep])
@@ -824,6 +829,11 @@ class Pipeline:
         I = len(self._raster_instances)
         out = torch.zeros((I, self.n_channels, H, W), dtype=dtype, device=runtime.torch_device())
         poses = dict(poses or {})
+        known = set(range(len(self.volumes))) | {vo.name for vo in self.volumes}
+        unknown = [k for k in poses if k not in known]
+        if unknown:
+            raise KeyError(f"volume_poses names no volume of this pipeline: {unknown}; volumes: "
+                           f"{[vo.name for vo in self.volumes] or 'none'} (or their indices)")
         for k, vo in enumerate(self.volumes):
             proj = self.volume_projector(k, dtype)
             pose = poses.get(k, poses.get(vo.name))

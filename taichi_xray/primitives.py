@@ -12,7 +12,8 @@ exactly two faces, once in each direction (see :func:`is_watertight`).
 Generators: :func:`icosphere`, :func:`uv_sphere`, :func:`ellipsoid`,
 :func:`superellipsoid`, :func:`box`, :func:`cylinder`, :func:`capsule`,
 :func:`torus`, :func:`tube` (swept along a polyline with rotation-minimising
-frames), and the building blocks :func:`loft` (a stack of rings closed by two
+frames), :func:`sweep` (superelliptic section swept along a polyline with frames that
+follow given normals, e.g. a rib's flat side along the chest wall), and the building blocks :func:`loft` (a stack of rings closed by two
 pole vertices) and :func:`revolve` (surface of revolution of a profile).
 
 Utilities: :func:`rotation_matrix`, :func:`transform`, :func:`mirror`,
@@ -33,7 +34,7 @@ __all__ = [
     "is_watertight", "WatertightReport", "points_inside", "point_triangle_distance",
     "surface_distance", "triangle_triangle_distance", "winding_number", "loft", "revolve", "icosphere", "uv_sphere",
     "ellipsoid", "superellipsoid", "superellipsoid_volume", "box", "cylinder",
-    "capsule", "torus", "tube",
+    "capsule", "torus", "tube", "sweep",
 ]
 
 _CHUNK = 2_000_000  # max number of point x triangle pairs evaluated at once
@@ -676,3 +677,60 @@ def tube(points, radius, n_sides=12, caps="flat", normal0=None, n_cap=4):
         rings = np.concatenate([cap(0, -1.0)[::-1], rings, cap(-1, 1.0)])
         start, end = P[0] - cap_len[0] * T[0], P[-1] + cap_len[-1] * T[-1]
     return loft(rings, start, end)
+
+
+def sweep(points, normals, radii, n_sides=12, exponent=1.0, n_cap=3):
+    """Closed tube with a superelliptic section swept along a polyline, round-capped.
+
+    points: (K, 3) path in mm, K >= 2.  normals: (K, 3) or (3,) direction of each
+    section's first semi-axis (projected perpendicular to the path tangent, so the frame
+    follows e.g. a surface normal instead of rotation-minimising frames).  radii: (K, 2)
+    semi-axes along that normal N and along B = T x N (mm, > 0), or (K,) for round sections.
+    exponent: superellipse exponent of the section (1: ellipse, < 1: squarer).
+    The ends are half-ellipsoids of ``n_cap`` bands whose length is the mean semi-axis.
+    The caller keeps the section smaller than the path's radius of curvature.
+    Returns (vertices (N, 3) float64, faces (M, 3) int64), outward.
+    """
+    Pp = np.asarray(points, dtype=np.float64)
+    if Pp.ndim != 2 or Pp.shape[1] != 3 or len(Pp) < 2:
+        raise ValueError(f"points must have shape (K>=2, 3), got {Pp.shape}")
+    r = np.asarray(radii, dtype=np.float64)
+    if r.shape == (len(Pp),):
+        r = np.stack([r, r], 1)
+    if r.shape != (len(Pp), 2) or np.any(~(r > 0)):
+        raise ValueError(f"radii must be positive, shape (K,) or (K, 2) with K={len(Pp)}, got {r.shape}")
+    nrm = np.broadcast_to(np.asarray(normals, dtype=np.float64), Pp.shape)
+    n_sides = _count(n_sides, "n_sides", 3)
+    n_cap = _count(n_cap, "n_cap", 1)
+    e = float(exponent)
+    if not 0 < e <= 2:
+        raise ValueError(f"exponent must lie in (0, 2], got {exponent!r}")
+    seg = np.diff(Pp, axis=0)
+    if np.any(np.linalg.norm(seg, axis=1) <= 0):
+        raise ValueError("sweep path has repeated consecutive points")
+    ts = seg / np.linalg.norm(seg, axis=1)[:, None]
+    T = np.empty_like(Pp)
+    T[0], T[-1] = ts[0], ts[-1]
+    T[1:-1] = ts[:-1] + ts[1:]
+    nt = np.linalg.norm(T, axis=1)
+    if np.any(nt < 1e-9):
+        raise ValueError("sweep path folds back on itself")
+    T /= nt[:, None]
+    N = nrm - T * np.einsum("ij,ij->i", nrm, T)[:, None]
+    nn = np.linalg.norm(N, axis=1)
+    if np.any(nn < 1e-9):
+        raise ValueError("a normal is parallel to the path tangent")
+    N /= nn[:, None]
+    B = np.cross(T, N)
+    th = 2 * np.pi * np.arange(n_sides) / n_sides
+    ct, st = _spow(np.cos(th), e)[None, :, None], _spow(np.sin(th), e)[None, :, None]
+    rings = Pp[:, None] + r[:, None, 0:1] * ct * N[:, None] + r[:, None, 1:2] * st * B[:, None]
+    ang = np.pi / 2 * np.arange(1, n_cap) / n_cap
+    cap_len = r.mean(axis=1)
+
+    def cap(i, sgn):
+        off = (rings[i] - Pp[i])[None] * np.cos(ang)[:, None, None]
+        return Pp[i] + off + sgn * cap_len[i] * np.sin(ang)[:, None, None] * T[i]
+
+    rings = np.concatenate([cap(0, -1.0)[::-1], rings, cap(-1, 1.0)])
+    return loft(rings, Pp[0] - cap_len[0] * T[0], Pp[-1] + cap_len[-1] * T[-1])

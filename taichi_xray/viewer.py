@@ -5,7 +5,9 @@ detector pixel), a 3D overview (middle: the meshes in per-object colours, the
 X-ray source, the beam frustum and the detector as lines) and the controls
 (right: C-arm angles and source-detector distance, kVp and filtration,
 display window/level, log/linear, noise, per-object visibility and attenuation
-scale, save). Mouse and keys are handled by :mod:`taichi_xray.viewer_state`
+scale, save; for scenes with an imaging stage, one switch per stage the scene
+has: focal spot, heel effect, falloff, scatter, detector blur, and the detector
+model's noise and seed instead of the viewer's Poisson noise). Mouse and keys are handled by :mod:`taichi_xray.viewer_state`
 (see ``KEY_HELP`` there).
 
 Work per frame is kept to what changed (:class:`XrayPipeline`): the meshes are
@@ -46,8 +48,8 @@ import taichi as ti
 import torch
 
 from . import runtime
-from .viewer_state import (DISPLAY_KINDS, KEY_HELP, KVP_RANGE, FILTER_MAX_MM, SCALE_RANGE, ViewerState,
-                           camera_path, display_quantity, unique_stem)
+from .viewer_state import (DISPLAY_KINDS, IMAGING_STAGES, KEY_HELP, KVP_RANGE, FILTER_MAX_MM, SCALE_RANGE,
+                           ViewerState, camera_path, display_quantity, unique_stem)
 
 __all__ = ["XrayPipeline", "Viewer", "vulkan_status", "VulkanUnavailable", "VULKAN_HINT", "run_offscreen",
            "add_view_subparser", "main_view", "main"]
@@ -157,15 +159,19 @@ class XrayPipeline:
     """The viewer's view of the :class:`~taichi_xray.pipeline.Pipeline`, with per-stage caching.
 
     The meshes are re-rasterized only when the camera, the visibility or the attenuation
-    scales change (visibility and scales are face weights of the rasterizer), the
-    Beer-Lambert kernel runs only when the spectrum or the path lengths change, and the
-    display mapping only when the image or window/level change. Arrays stay torch tensors
-    on the kernels' device.
+    scales change (visibility and scales are face weights of the rasterizer) or the focal
+    spot is switched, the Beer-Lambert kernel runs only when the spectrum, the path lengths
+    or the heel effect change, the imaging stage (scenes with ``[source]``, a detector model
+    or ``[scatter]``: :meth:`Pipeline.output_image`) only when Beer-Lambert ran, a stage
+    switch changed or the detector noise (on/off, seed) changed, and the display mapping
+    only when the image or window/level change. Arrays stay torch tensors on the kernels' device.
 
-    Arrays: ``L`` (C, H, W) per-material path lengths (mm, incl. air), ``T`` (H, W)
-    transmission, ``image`` (H, W) the displayed quantity. ``I0`` is the unattenuated
-    signal. ``timings`` (ms) of the last :meth:`update`: rasterize, physics, display (0
-    when a stage was skipped).
+    Arrays: ``L`` (C, H, W) per-material path lengths (mm, incl. air; with a focal spot those
+    of the first source sample), ``L_all`` (I, C, H, W) those of every rasterizer instance
+    (one per focal-spot sample), ``T`` (H', W') transmission (H' = H / binning), ``image``
+    (H', W') the displayed quantity. ``I0`` is the unattenuated signal. ``timings`` (ms) of the
+    last :meth:`update`: rasterize, physics, display (0 when a stage was skipped), and
+    imaging when the imaging stage ran.
     """
 
     def __init__(self, scene):
@@ -177,44 +183,98 @@ class XrayPipeline:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # mesh warnings were given when the scene was loaded
             self.pipe = scene_pipeline(scene)
+        self.imaging0 = self.pipe.imaging  # the scene's own imaging stage; switches start from it
+        self.imaging_mode = bool(self.imaging0.active)
+        self.imaging_noise = self.imaging0.noise is not None  # the detector model's noise replaces ours
         self.V = self.pipe.pack_vertices()
         self._keys = {}
         self._spectra = {}
         self.camera = None
-        self.L = self.T = self.image = None
+        self._cam = None
+        self.L = self.L_all = self.T = self.image = self.raw = None
+        self._reading = None
         self.I0 = 1.0
         self.window = (0.0, 1.0)
         self.timings = {"rasterize": 0.0, "physics": 0.0, "display": 0.0}
         self.last_timings = dict(self.timings)  # of the last update that recomputed something
-        self.n_rasterized = self.n_physics = 0
+        self.n_rasterized = self.n_physics = self.n_imaging = 0
 
     def _sync(self):
         ti.sync()
         if self.device == "cuda":
             torch.cuda.synchronize()
 
+    def imaging_for(self, state: ViewerState, camera=None):
+        """The scene's :class:`~taichi_xray.physics.imaging.Imaging` with the stages switched off in
+        ``state`` removed (focal_spot=None, heel=False, falloff=False, scatter=None, a detector
+        model with mtf=None), the heel effect at the state's kVp, the detector pitch of
+        ``camera`` (a resized detector, as :meth:`Scene.with_overrides`) and the state's noise seed."""
+        import dataclasses
+
+        im, on = self.imaging0, state.stages
+        kw = {}
+        if not on.get("focal_spot", True):
+            kw["focal_spot"] = None
+        if not on.get("heel", True):
+            kw["heel"] = False
+        elif im.heel and state.kvp is not None:
+            kw["kvp"] = float(state.kvp)
+        if not on.get("falloff", True):
+            kw["falloff"] = False
+        if not on.get("scatter", True):
+            kw["scatter"] = None
+        det = im.detector
+        if det is not None:
+            dk = {}
+            if not on.get("blur", True):
+                dk["mtf"] = None
+            pitch = getattr(camera, "pixel_spacing", None)
+            if getattr(self.scene, "detector_pitch_from_camera", False) and pitch is not None and \
+                    float(pitch) != float(det.pixel_pitch_mm):
+                dk["pixel_pitch_mm"] = float(pitch)
+            if dk:
+                kw["detector"] = dataclasses.replace(det, **dk)
+        if self.imaging_noise and int(state.seed) != int(im.seed):
+            kw["seed"] = int(state.seed)
+        return dataclasses.replace(im, **kw) if kw else im
+
     def update(self, state: ViewerState) -> set:
         """Recompute what the state's changes need; returns the stages that ran
-        ({"rasterize", "physics", "noise", "window"} subset)."""
+        ({"rasterize", "physics", "imaging", "noise", "window"} subset)."""
         ran = set()
         pipe = self.pipe
         self.timings = {"rasterize": 0.0, "physics": 0.0, "display": 0.0}
         gk, mk, sk, nk = state.geometry_key(), state.material_key(), state.spectrum_key(), state.noise_key()
         t0 = time.perf_counter()
-        if self._keys.get("geometry") != gk or self._keys.get("material") != mk:
-            cam = state.camera(self.scene.camera_spec)
-            pipe.set_cameras(cam)
+        if self._keys.get("camera") != gk:
+            self._cam = state.camera(self.scene.camera_spec)
+            self._keys["camera"] = gk
+        rk, pk = (gk, mk), sk
+        if self.imaging_mode:
+            stages = state.imaging_key()
+            heel_kvp = state.kvp if (self.imaging0.heel and state.stages.get("heel")) else None
+            ik = (stages, heel_kvp, self._cam.pixel_spacing, int(state.seed) if self.imaging_noise else None)
+            if self._keys.get("imaging") != ik:
+                pipe.set_imaging(self.imaging_for(state, self._cam))  # re-sets the cameras (sources)
+                self._keys["imaging"] = ik
+            rk = (gk, mk, bool(state.stages.get("focal_spot")))  # the focal spot's sources are rasterized
+            pk = (sk, bool(pipe.imaging.heel))  # the heel effect is in the Beer-Lambert weights
+        if self._keys.get("raster") != rk:
+            pipe.set_cameras(self._cam)
             pipe.set_object_weights(visible=state.visible, mu_scale=state.mu_scale)
-            self.L = pipe.project(self.V).L[0]
+            st = pipe.project(self.V)
+            self.L_all = st.L  # (I, C, H, W): every source sample of a focal spot
+            pipe._last_L = st.L  # as Pipeline.render: the scatter stage reads it
+            self.L = st.L[0]
             self.camera = pipe.cameras[0]
             self._sync()
-            self._keys["geometry"], self._keys["material"] = gk, mk
+            self._keys["raster"] = rk
             self._keys.pop("spectrum", None)
             self.n_rasterized += 1
             ran.add("rasterize")
             self.timings["rasterize"] = (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()
-        if self._keys.get("spectrum") != sk:
+        if self._keys.get("spectrum") != pk:
             spec = self._spectra.get(sk)
             if spec is None:
                 spec = state.spectrum(self.scene.spectrum_spec)
@@ -224,14 +284,33 @@ class XrayPipeline:
             if spec is not pipe.spectrum:
                 pipe.set_spectrum(spec)
             _, _, self.I0 = pipe.physics_tables(pipe.physics_dtype, self.L.device)
-            self.T_clean = pipe.physics(self.L[None])[0, 0] / self.I0
+            if self.imaging_mode:
+                self.raw = pipe.physics(self.L_all)  # (B, I, H, W) Beer-Lambert sums of every instance
+            else:
+                self.T_clean = pipe.physics(self.L[None])[0, 0] / self.I0
             self._sync()
-            self._keys["spectrum"] = sk
+            self._keys["spectrum"] = pk
             self._keys.pop("noise", None)
+            self._keys.pop("imaging_out", None)
             self.n_physics += 1
             ran.add("physics")
+        self.timings["physics"] = (time.perf_counter() - t0) * 1e3
+        t0 = time.perf_counter()
+        pipe_noise = self.imaging_noise and bool(state.noise)
+        if self.imaging_mode:
+            ok = (state.imaging_key(), (pipe_noise, int(state.seed)) if self.imaging_noise else None)
+            if self._keys.get("imaging_out") != ok:
+                pipe._last_L = self.L_all
+                with torch.no_grad():
+                    self.T_clean = pipe.output_image(self.raw, "transmission", noise=pipe_noise)[0]
+                self._reading = None
+                self._sync()
+                self._keys["imaging_out"] = ok
+                self._keys.pop("noise", None)
+                self.n_imaging += 1
+                ran.add("imaging")
         if self._keys.get("noise") != nk:
-            if state.noise:
+            if state.noise and not self.imaging_noise:  # the viewer's Poisson noise on the transmission
                 g = torch.Generator(device=self.device).manual_seed(int(state.seed))
                 n0 = float(state.photons)
                 self.T = torch.poisson(self.T_clean.clamp(min=0) * n0, generator=g) / n0
@@ -240,11 +319,18 @@ class XrayPipeline:
             self._keys["noise"] = nk
             self._keys.pop("kind", None)
             ran.add("noise")
-        self.timings["physics"] = (time.perf_counter() - t0) * 1e3
+        if "imaging" in ran or (self.imaging_mode and "noise" in ran):
+            self.timings["imaging"] = (time.perf_counter() - t0) * 1e3
+        else:
+            self.timings["physics"] += (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()
         if self._keys.get("kind") != state.kind:
-            floor = 0.5 / state.photons if state.noise else None
-            self.image = display_quantity(self.T, state.kind, self.I0, floor)
+            viewer_noise = state.noise and not self.imaging_noise
+            if self.imaging_mode and state.kind == "intensity" and not viewer_noise:
+                self.image = self.reading(pipe_noise)  # the detector reading (ADU with a detector model)
+            else:
+                floor = 1e-7 if pipe_noise else 0.5 / state.photons if viewer_noise else None
+                self.image = display_quantity(self.T, state.kind, self.I0, floor)
             self._keys["kind"] = state.kind
             self._keys.pop("auto", None)
         if state.auto_window and self._keys.get("auto") is None:
@@ -258,6 +344,15 @@ class XrayPipeline:
         if ran:
             self.last_timings = dict(self.timings)
         return ran
+
+    def reading(self, noise: bool) -> torch.Tensor:
+        """(H', W') the imaging stage's intensity output (:meth:`Pipeline.output_image`, kind
+        "intensity") for the current Beer-Lambert sums; cached until the imaging stage reruns."""
+        if self._reading is None:
+            self.pipe._last_L = self.L_all
+            with torch.no_grad():
+                self._reading = self.pipe.output_image(self.raw, "intensity", noise=noise)[0]
+        return self._reading
 
     def robust_window(self, percentiles=(0.5, 99.5)) -> tuple:
         """(lo, hi) at the percentiles of the finite pixels of ``image`` (as imageio.robust_window)."""
@@ -525,9 +620,12 @@ class Viewer:
         fx = (self.pane[0] + self.view3d) / self.win_w
         fw = 1.0 - fx
         rt = pl.last_timings
+        img_ms = f" | img {rt['imaging']:.1f}" if "imaging" in rt else ""
+        # scenes with imaging stages get a taller source/detector panel (one checkbox per stage)
+        ex = 0.1 if (st.stages or st.imaging_noise) else 0.0
         with gui.sub_window("C-arm", fx, 0.0, fw, 0.2) as g:
             g.text(f"frame {self.frame_ms:.1f} ms ({1000.0 / max(self.frame_ms, 1e-3):.1f} fps)")
-            g.text(f"raster {rt['rasterize']:.1f} | phys {rt['physics']:.1f} | disp {rt['display']:.1f} ms")
+            g.text(f"raster {rt['rasterize']:.1f} | phys {rt['physics']:.1f}{img_ms} | disp {rt['display']:.1f} ms")
             if st.c_arm:
                 self._slider(g, "LAO(+)/RAO(-)", "lao", st.lao, -180.0, 180.0)
                 self._slider(g, "CRAN(+)/CAUD(-)", "cran", st.cran, -89.0, 89.0)
@@ -536,7 +634,7 @@ class Viewer:
                 g.text("raw-matrix camera: angles fixed")
             if g.button("reset (r)"):
                 st.reset()
-        with gui.sub_window("Spectrum / noise", fx, 0.2, fw, 0.22) as g:
+        with gui.sub_window("Spectrum / noise / imaging", fx, 0.2, fw, 0.22 + ex) as g:
             if st.kvp is not None:
                 v = g.slider_int("kVp", int(round(st.kvp)), *KVP_RANGE)
                 if v != int(round(st.kvp)):
@@ -545,13 +643,26 @@ class Viewer:
                     self._slider(g, f"{f} filter mm", f"filter:{f}", st.filtration[f], 0.0, FILTER_MAX_MM.get(f, 10.0))
             else:
                 g.text("spectrum from the scene (not a tungsten tube)")
-            nz = g.checkbox("Poisson noise (n)", st.noise)
-            if nz != st.noise:
-                st.set_param("noise", nz)
-            lg = g.slider_float("log10 photons/px", math.log10(st.photons), 2.0, 7.0)
-            if abs(lg - math.log10(st.photons)) > 1e-4:
-                st.set_param("photons", 10.0 ** lg)
-        with gui.sub_window("Display", fx, 0.42, fw, 0.3) as g:
+            if st.imaging_noise:  # one noise control: the detector model's noise, seeded
+                nz = g.checkbox("detector noise (n)", st.noise)
+                if nz != st.noise:
+                    st.set_param("noise", nz)
+                sd = g.slider_int("noise seed", int(min(st.seed, 999)), 0, 999)
+                if sd != int(min(st.seed, 999)):
+                    st.set_param("seed", sd)
+            else:
+                nz = g.checkbox("Poisson noise (n)", st.noise)
+                if nz != st.noise:
+                    st.set_param("noise", nz)
+                lg = g.slider_float("log10 photons/px", math.log10(st.photons), 2.0, 7.0)
+                if abs(lg - math.log10(st.photons)) > 1e-4:
+                    st.set_param("photons", 10.0 ** lg)
+            for name, key, text in IMAGING_STAGES:
+                if name in st.stages:
+                    on = g.checkbox(f"{text} ({key})", st.stages[name])
+                    if on != st.stages[name]:
+                        st.set_param(name, on)
+        with gui.sub_window("Display", fx, 0.42 + ex, fw, 0.3 - ex / 2) as g:
             g.text(f"{st.kind} ({'log' if st.kind == 'line_integral' else 'linear'}; l toggles)")
             if g.button("log / linear (l)"):
                 st.toggle_log()
@@ -569,7 +680,9 @@ class Viewer:
                 self.save()
             if self.message:
                 g.text(self.message)
-        with gui.sub_window("Objects: visible / mu scale", fx, 0.72, fw, 0.28) as g:
+            if st.stages or st.imaging_noise:
+                g.text(st.stages_text())
+        with gui.sub_window("Objects: visible / mu scale", fx, 0.72 + ex / 2, fw, 0.28 - ex / 2) as g:
             for i, name in enumerate(st.names):
                 v = g.checkbox(f"{name}##v{i}", st.visible[i])
                 if v != st.visible[i]:
@@ -687,7 +800,8 @@ class Viewer:
                  save_npy(str(stem) + ".npy", pl.image.detach().cpu().numpy()),
                  save_projection_matrix(str(stem) + ".P.txt", pl.camera.P,
                                         comment=f"scene {self.scene.label}; LAO {st.lao:g}, CRAN {st.cran:g}, "
-                                                f"SDD {st.sdd:g} mm; {st.kind}, window {pl.window}")]
+                                                f"SDD {st.sdd:g} mm; {st.kind}, window {pl.window}"
+                                                + (f"; {st.stages_text()}" if st.stages_text() else ""))]
         self.saved.append(paths)
         self.message = f"saved {Path(paths[0]).name}"
         print(f"taichi-xray view: saved {paths[0]}, {Path(paths[1]).name}, {Path(paths[2]).name}", file=sys.stderr)

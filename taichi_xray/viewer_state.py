@@ -33,7 +33,8 @@ import numpy as np
 
 __all__ = [
     "ViewerState", "drag_to_angles", "wrap_angle", "window_to_uint8", "display_quantity",
-    "camera_path", "unique_stem", "DISPLAY_KINDS", "KEY_HELP", "CRAN_LIMIT", "FILTERS",
+    "camera_path", "unique_stem", "DISPLAY_KINDS", "KEY_HELP", "CRAN_LIMIT", "FILTERS", "IMAGING_STAGES",
+    "imaging_stages",
 ]
 
 DISPLAY_KINDS = ("line_integral", "transmission", "intensity")
@@ -44,11 +45,38 @@ FILTER_MAX_MM = {"Al": 10.0, "Cu": 1.0}
 SCALE_RANGE = (0.0, 5.0)
 PHOTONS_RANGE = (1e2, 1e7)
 
+SEED_MAX = 2 ** 31 - 1
+
+# imaging-stage switches (name, key, text): on only for the stages the scene sets up
+# ([source] focal_spot / heel / falloff, [scatter], [detector] mtf); see imaging_stages()
+IMAGING_STAGES = (
+    ("focal_spot", "f", "focal spot"),
+    ("heel", "h", "heel effect"),
+    ("falloff", "o", "falloff"),
+    ("scatter", "c", "scatter"),
+    ("blur", "b", "detector blur (MTF)"),
+)
+_STAGE_KEYS = {k: name for name, k, _ in IMAGING_STAGES}
+_STAGE_TEXT = {name: text for name, _, text in IMAGING_STAGES}
+
 KEY_HELP = (
     "drag X-ray: C-arm LAO/RAO, CRAN/CAUD | right-drag X-ray: window/level | drag 3D: orbit view | "
     "arrows: 5 deg steps (shift: 1 deg) | s: save | a: auto window | l: log/linear | i: invert | "
-    "n: noise | r: reset | Esc: quit"
+    "n: noise (the detector model's when it has noise) | f/h/o/c/b: focal spot/heel/falloff/scatter/"
+    "detector blur on/off (scenes with them) | r: reset | Esc: quit"
 )
+
+
+def imaging_stages(imaging) -> dict:
+    """{stage: True} for the switchable stages an :class:`~taichi_xray.physics.imaging.Imaging`
+    has (focal_spot, heel, falloff, scatter, blur = a detector model with an MTF); {} for None."""
+    if imaging is None:
+        return {}
+    det = imaging.detector
+    have = {"focal_spot": imaging.focal_spot is not None, "heel": bool(imaging.heel),
+            "falloff": bool(imaging.falloff), "scatter": imaging.scatter is not None,
+            "blur": det is not None and getattr(det, "mtf", None) is not None}
+    return {name: True for name, _, _ in IMAGING_STAGES if have[name]}
 
 
 # ----------------------------------------------------------------------------------------
@@ -171,6 +199,10 @@ class ViewerState:
     filtration {material: mm}. Objects: visible (P bools), mu_scale (P factors).
     Display: kind (one of DISPLAY_KINDS), window (lo, hi) in units of kind,
     auto_window, invert, noise, photons (per pixel), seed.
+    Imaging stages: ``stages`` {stage: on} for the switchable stages the scene has
+    (:data:`IMAGING_STAGES`: focal_spot, heel, falloff, scatter, blur); ``imaging_noise``
+    is True when the scene's detector model has noise: then ``noise`` and ``seed`` switch
+    and seed that noise (``photons`` is unused) instead of the viewer's Poisson noise.
     3D view: orbit_az, orbit_el (deg), zoom.
     """
 
@@ -198,6 +230,8 @@ class ViewerState:
     fine_step_deg: float = 1.0
     c_arm: bool = True
     names: list = field(default_factory=list)
+    stages: dict = field(default_factory=dict)
+    imaging_noise: bool = False
     _initial: dict | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ construction
@@ -212,6 +246,8 @@ class ViewerState:
         if w <= 0 or h <= 0:
             raise ValueError(f"detector size must be positive, got {w}x{h}")
         c_arm = cs.kind == "c_arm"
+        im = getattr(scene, "imaging", None)
+        im_noise = im is not None and im.noise is not None
         st = cls(
             lao=float(cs.lao) if c_arm else 0.0,
             cran=float(cs.cran) if c_arm else 0.0,
@@ -227,11 +263,13 @@ class ViewerState:
             window=tuple(out.window) if out.window is not None else (0.0, 1.0),
             auto_window=out.window is None,
             invert=bool(out.invert),
-            noise=out.noise is not None,
+            noise=out.noise is not None or im_noise,
             photons=float(out.noise[0]) if out.noise is not None else 1e4,
-            seed=int(out.noise[1]) if out.noise is not None else 0,
+            seed=int(im.seed) if im_noise else int(out.noise[1]) if out.noise is not None else 0,
             c_arm=c_arm,
             names=list(scene.names),
+            stages=imaging_stages(im),
+            imaging_noise=im_noise,
         )
         if st.kvp is not None:
             for f in FILTERS:
@@ -269,6 +307,10 @@ class ViewerState:
     def noise_key(self) -> tuple:
         return (bool(self.noise), float(self.photons), int(self.seed))
 
+    def imaging_key(self) -> tuple:
+        """Changes iff an imaging-stage switch changes."""
+        return tuple(sorted((k, bool(v)) for k, v in self.stages.items()))
+
     # ------------------------------------------------------------------ builders
     def camera(self, camera_spec):
         """The :class:`Camera` for the current angles, SDD and size (a raw-matrix camera
@@ -295,7 +337,9 @@ class ViewerState:
         name : "sdd" (mm, > sid), "kvp" (kV, 40..150), "filter:<material>" (mm, >= 0),
         "visible" / "mu_scale" (with ``index``, the object), "noise" (bool), "photons"
         (per pixel, > 0), "window_lo" / "window_hi" (switch auto window off), "kind"
-        (one of DISPLAY_KINDS), "invert" (bool), "lao" / "cran" (deg).
+        (one of DISPLAY_KINDS), "invert" (bool), "lao" / "cran" (deg), "seed" (noise seed,
+        integer >= 0), and the imaging stages the scene has: "focal_spot", "heel", "falloff",
+        "scatter", "blur" (bool; a stage the scene lacks raises KeyError).
         Out-of-range numbers raise ValueError naming the parameter and the range.
         """
         def num(v, lo=-math.inf, hi=math.inf, lo_open=False):
@@ -358,6 +402,16 @@ class ViewerState:
                 self.auto_window = True  # other units
         elif name == "invert":
             self.invert = bool(value)
+        elif name == "seed":
+            x = num(value, 0, SEED_MAX)
+            if x != int(x):
+                raise ValueError(f"viewer parameter 'seed' must be an integer, got {value!r}")
+            self.seed = int(x)
+        elif name in _STAGE_TEXT:
+            if name not in self.stages:
+                raise KeyError(f"this scene has no {_STAGE_TEXT[name]} to switch "
+                               f"({'no imaging stages' if not self.stages else 'it has: ' + ', '.join(self.stages)})")
+            self.stages[name] = bool(value)
         else:
             raise KeyError(f"unknown viewer parameter {name!r}")
         return self._snapshot() != old
@@ -391,7 +445,9 @@ class ViewerState:
     def handle_key(self, key: str, shift: bool = False) -> str | None:
         """Apply a key press. Returns an action the front end must do itself
         ("save", "quit") or None. Keys: arrows (LAO/RAO, CRAN/CAUD steps of
-        ``step_deg``, ``fine_step_deg`` with shift), a, l, i, n, r, s, Escape."""
+        ``step_deg``, ``fine_step_deg`` with shift), a, l, i, n, r, s, Escape, and
+        f, h, o, c, b (imaging stages, :data:`IMAGING_STAGES`; ignored for a stage the scene
+        lacks)."""
         k = key.lower() if isinstance(key, str) else key
         step = self.fine_step_deg if shift else self.step_deg
         arrows = {"left": (-step, 0.0), "right": (step, 0.0), "up": (0.0, step), "down": (0.0, -step)}
@@ -409,6 +465,10 @@ class ViewerState:
             self.invert = not self.invert
         elif k == "n":
             self.noise = not self.noise
+        elif k in _STAGE_KEYS:
+            name = _STAGE_KEYS[k]
+            if name in self.stages:
+                self.stages[name] = not self.stages[name]
         elif k == "r":
             self.reset()
         elif k == "s":
@@ -418,5 +478,21 @@ class ViewerState:
         return None
 
     def label(self) -> str:
-        """Short text for file names and the status line, e.g. 'lao+30_cran-10'."""
-        return f"lao{self.lao:+.0f}_cran{self.cran:+.0f}"
+        """Short text for file names and the status line, e.g. 'lao+30_cran-10', followed by
+        the imaging stages switched on when the scene has any ('lao+30_cran-10_focal_spot+heel',
+        '_no-stages' when all are off)."""
+        base = f"lao{self.lao:+.0f}_cran{self.cran:+.0f}"
+        if not self.stages:
+            return base
+        on = [k for k, _, _ in IMAGING_STAGES if self.stages.get(k)]
+        return base + "_" + ("+".join(on) if on else "no-stages")
+
+    def stages_text(self) -> str:
+        """HUD line of the imaging stages: 'imaging: focal spot, heel effect (off: scatter)' ('' without)."""
+        if not self.stages and not self.imaging_noise:
+            return ""
+        on = [t for k, _, t in IMAGING_STAGES if self.stages.get(k)]
+        off = [t for k, _, t in IMAGING_STAGES if k in self.stages and not self.stages[k]]
+        if self.imaging_noise:
+            (on if self.noise else off).append("detector noise")
+        return "imaging: " + (", ".join(on) or "none") + (f" (off: {', '.join(off)})" if off else "")

@@ -480,8 +480,8 @@ rotate_deg = [3.0, -2.0, 5.0]
 translate = [2.0, 0.0, -1.0]
 centre = [0.0, 0.0, 0.0]
 [landmarks.pelvis]
-hip_left = ["ilium_L", "acetabulum_L", "pubis_L"]
-hip_right = ["ilium_R", "acetabulum_R", "pubis_R"]
+hip_left = ["hip_L"]
+hip_right = ["hip_R"]
 sacrum = ["sacrum"]
 """)
     spec = load_dataset(tmp_path / "pelvis-ds.toml")
@@ -490,8 +490,7 @@ sacrum = ["sacrum"]
     assert not r.failed
     sc = load_scene(scene)
     part = lambda names: np.concatenate([sc.objects[sc.names.index(n)].mesh.vertices for n in names])  # noqa: E731
-    hl, hr, sa = part(["ilium_L", "acetabulum_L", "pubis_L"]), part(["ilium_R", "acetabulum_R", "pubis_R"]), \
-        part(["sacrum"])
+    hl, hr, sa = part(["hip_L"]), part(["hip_R"]), part(["sacrum"])
     X0 = pelvis_landmarks(hl, hr, sa).positions(np.concatenate([hl, hr, sa]))
     R = Rotation.from_euler("xyz", [3.0, -2.0, 5.0], degrees=True).as_matrix()
     np.testing.assert_allclose(r.landmarks_3d, X0 @ R.T + [2.0, 0.0, -1.0], atol=1e-3)

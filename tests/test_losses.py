@@ -189,3 +189,143 @@ def test_bad_inputs():
         ngc(torch.zeros(5, 5), torch.zeros(6, 5))
     with pytest.raises(ValueError, match="H, W >= 3"):
         ngc(torch.zeros(2, 5), torch.zeros(2, 5))
+
+
+# ----------------------------------------------------------------------------------------------
+# masks, blur and robust NGC (issue 10): against scipy / numpy references written here
+# ----------------------------------------------------------------------------------------------
+from taichi_xray.fit.losses import (  # noqa: E402
+    erode_mask,
+    gaussian_blur,
+    masked_blur,
+    pool_mask,
+    robust_ngc,
+    robust_ngc_loss,
+)
+
+
+def _shutter_mask(h=40, w=48):
+    m = np.ones((h, w))
+    m[:, :7] = 0.0
+    m[:5, :] = 0.0
+    m[30:, 40:] = 0.0
+    return m
+
+
+def test_erode_and_pool_mask_match_scipy():
+    m = _shutter_mask()
+    m[20, 20] = 0.0  # an isolated hole grows to 3x3
+    ref = ndimage.minimum_filter(m, size=3, mode="constant", cval=np.inf)
+    np.testing.assert_array_equal(erode_mask(torch.tensor(m)).numpy(), ref)
+    np.testing.assert_array_equal(erode_mask(torch.tensor(m), 0).numpy(), m)
+    # weighted masks too, batched
+    w = RNG.uniform(0.2, 1.0, size=(2, 40, 48)) * m
+    ref = np.stack([ndimage.minimum_filter(x, size=5, mode="constant", cval=np.inf) for x in w])
+    np.testing.assert_allclose(erode_mask(torch.tensor(w), 2).numpy(), ref)
+    for s in (1, 2, 3, 4):
+        h, ww = 40 // s, 48 // s
+        blocks = w[:, : h * s, : ww * s].reshape(2, h, s, ww, s).min((2, 4))  # min over each s x s block
+        ref = np.stack([ndimage.minimum_filter(b, size=3, mode="constant", cval=np.inf) for b in blocks])
+        np.testing.assert_allclose(pool_mask(torch.tensor(w), s).numpy(), ref)
+    # a boolean mask works and gives floats
+    assert pool_mask(torch.tensor(m > 0), 2).dtype.is_floating_point
+    with pytest.raises(ValueError, match="factor"):
+        pool_mask(torch.tensor(m), 0)
+
+
+def test_gaussian_blur_matches_scipy():
+    a = _smooth_image(seed=3) + RNG.normal(size=(40, 48))
+    for sigma in (0.7, 1.0, 2.5):
+        np.testing.assert_allclose(gaussian_blur(torch.tensor(a), sigma).numpy(),
+                                   ndimage.gaussian_filter(a, sigma, mode="nearest", truncate=4.0), atol=1e-12)
+    np.testing.assert_array_equal(gaussian_blur(torch.tensor(a), 0.0).numpy(), a)
+
+
+def test_masked_blur_is_normalised_convolution():
+    a = _smooth_image(seed=4)
+    w = _shutter_mask()
+    out = masked_blur(torch.tensor(a)[None], torch.tensor(w)[None], 1.5)[0].numpy()
+    num = ndimage.gaussian_filter(w * a, 1.5, mode="constant", truncate=4.0)
+    den = ndimage.gaussian_filter(w, 1.5, mode="constant", truncate=4.0)
+    ok = den > 1e-6
+    np.testing.assert_allclose(out[ok], (num / np.where(ok, den, 1))[ok], atol=1e-12)
+    # values outside the mask never enter
+    b = a.copy()
+    b[w == 0] = 1e6
+    out_b = masked_blur(torch.tensor(b)[None], torch.tensor(w)[None], 1.5)[0].numpy()
+    np.testing.assert_allclose(out_b[w > 0], out[w > 0], atol=1e-9)
+
+
+def _robust_ngc_ref(a, b, w, sigma, outlier):
+    """numpy/scipy: normalised-convolution blur, Sobel, outlier weights, weighted NGC."""
+    sup = (w > 0).astype(float)
+    if sigma > 0:
+        def blur(x):
+            num = ndimage.gaussian_filter(sup * x, sigma, mode="constant")
+            den = ndimage.gaussian_filter(sup, sigma, mode="constant")
+            return np.where(den > 1e-6, num / np.where(den > 1e-6, den, 1), x)
+        a, b = blur(a), blur(b)
+    crop = (slice(1, -1), slice(1, -1))
+    ax, ay = ndimage.sobel(a, axis=1)[crop], ndimage.sobel(a, axis=0)[crop]
+    bx, by = ndimage.sobel(b, axis=1)[crop], ndimage.sobel(b, axis=0)[crop]
+    wi = w[crop].copy()
+    if outlier is not None:
+        gm, gt = np.hypot(ax, ay), np.hypot(bx, by)
+        ins = wi > 0
+        thr = outlier * gm[ins].max() / gm[ins].mean() * gt[ins].mean()
+        rd = 1 + int(np.ceil(2 * sigma))
+        bad = ndimage.maximum_filter((gt > thr) & ins, size=2 * rd + 1, mode="constant", cval=0)
+        wi = np.where(bad, 0.0, wi)
+    return 0.5 * (_ncc_ref(ax, bx, wi) + _ncc_ref(ay, by, wi))
+
+
+def test_robust_ngc_matches_reference():
+    a = _smooth_image(seed=5)
+    b = 0.7 * a + 0.3 * _smooth_image(seed=6)
+    w = pool_mask(torch.tensor(_shutter_mask()), 1).numpy()
+    ta, tb, tw = torch.tensor(a), torch.tensor(b), torch.tensor(w)
+    # sigma 0 and no outlier test: plain masked NGC
+    np.testing.assert_allclose(float(robust_ngc(ta, tb, tw, sigma=0, outlier=None)), float(ngc(ta, tb, tw)),
+                               rtol=1e-12)
+    for sigma, outlier in ((1.0, None), (0.0, 1.5), (1.0, 1.5), (2.0, 1.2)):
+        np.testing.assert_allclose(float(robust_ngc(ta, tb, tw, sigma=sigma, outlier=outlier)),
+                                   _robust_ngc_ref(a, b, w, sigma, outlier), rtol=1e-10)
+    np.testing.assert_allclose(float(robust_ngc_loss(ta, tb, tw)), 1 - _robust_ngc_ref(a, b, w, 0.0, 1.5),
+                               rtol=1e-10)  # defaults: no blur, outlier test at 1.5
+
+
+def test_robust_ngc_rejects_a_wire_and_ignores_the_target_scale():
+    r = np.random.default_rng(11)
+    model = ndimage.gaussian_filter(r.normal(size=(64, 64)), 3.0)
+    target = model + 0.02 * r.normal(size=(64, 64))
+    wire = np.zeros((64, 64))
+    wire[:, 30:32] = 40.0 * model.std()  # a thin column far denser than anything in the model
+    tm, tt, tw = torch.tensor(model), torch.tensor(target), torch.tensor(target + wire)
+    clean = float(robust_ngc(tm, tt, sigma=1.0))
+    with_wire = float(robust_ngc(tm, tw, sigma=1.0))
+    assert abs(with_wire - clean) < 0.05, (clean, with_wire)
+    assert float(ngc(tm, tw)) < clean - 0.3  # plain NGC is dominated by the wire
+    _, weights = robust_ngc(tm, tw, sigma=1.0, return_weights=True)
+    cols = np.flatnonzero(weights.numpy().min(0) == 0) + 1  # image columns of rejected gradient pixels
+    assert cols.min() >= 24 and cols.max() <= 37 and weights[:, 30 - 1].sum() == 0  # the wire and its flanks
+    # a log image of unknown scale and offset: same value
+    np.testing.assert_allclose(float(robust_ngc(tm, 1234.5 * tw + 17.0, sigma=1.0)), with_wire, rtol=1e-9)
+    # without the blur the wire is rejected too
+    assert abs(float(robust_ngc(tm, tw)) - float(robust_ngc(tm, tt))) < 0.05
+
+
+def test_robust_ngc_gradient_and_bad_input():
+    a = torch.tensor(_smooth_image(14, 16, seed=7), requires_grad=True)
+    b = torch.tensor(_smooth_image(14, 16, seed=8))
+    m = np.ones((14, 16))
+    m[:, :3] = 0
+    w = pool_mask(torch.tensor(m), 1)
+    assert torch.autograd.gradcheck(lambda x: robust_ngc(x, b, w, sigma=1.0, outlier=2.0), (a,))
+    a = torch.tensor(_smooth_image(seed=7))
+    b = torch.tensor(_smooth_image(seed=8))
+    with pytest.raises(ValueError, match="sigma"):
+        robust_ngc(a, b, sigma=-1.0)
+    with pytest.raises(ValueError, match="outlier"):
+        robust_ngc(a, b, outlier=0.0)
+    with pytest.raises(ValueError, match="mask has no positive weight"):
+        robust_ngc(a, b, torch.zeros(40, 48))

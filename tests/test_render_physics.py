@@ -110,9 +110,11 @@ def test_nested_objects_equal_explicit_subtraction(tmp_path):
 
 def test_polychromatic_matches_numpy_reference(tmp_path):
     objs = nested_files(tmp_path)
-    objs.append({"name": "gas", "mesh": "phantom:pelvis/rectal_gas", "material": "air",
-                 "transform": {"translate": [0.0, -17.0, 75.0]}, "parent": "outer"})  # 12x10x20 mm ellipsoid
-    # centred at y = 18 mm: it touches the inner box (y <= 8) without overlapping it
+    from taichi_xray.primitives import ellipsoid
+
+    Mesh(*ellipsoid((8.0, 8.0, 10.0), centre=(0.0, 18.0, 0.0), n_lat=12, n_lon=24)).save(tmp_path / "gas.obj")
+    objs.append({"name": "gas", "mesh": "gas.obj", "material": "air", "parent": "outer"})
+    # a 16 x 16 x 20 mm gas bubble centred at y = 18 mm: 2 mm from the inner box (y <= 8), inside the sphere
     sc = scene(tmp_path, objs, spectrum={"kvp": 80, "filtration": {"Al": 2.5, "Cu": 0.1}, "bin_width": 2.0},
                detector={"kind": "energy", "scintillator": {"material": "CsI", "thickness_mm": 0.6}},
                output={"kind": "intensity", "air": True})

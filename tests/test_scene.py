@@ -337,10 +337,16 @@ def test_error_scene_file_missing(tmp_path):
 
 
 def test_shipped_scenes_load():
+    from taichi_xray import phantoms
+
     root = Path(__file__).resolve().parents[1] / "scenes"
-    for name, n in (("thorax", 61), ("pelvis", 18)):
+    for name, n in (("thorax", 129), ("pelvis", 17)):
         s = load_scene(root / f"{name}.toml")
         assert len(s.objects) == n and s.camera.width == 512
+        # the object list is the phantom's (tools/phantom_scenes.py writes it), parents included
+        ph = getattr(phantoms, name)()
+        assert s.names == ph.names
+        assert [s.names[p] if p >= 0 else None for p in s.parents] == [o.parent for o in ph]
         assert all(o.mesh.check().outward for o in s.objects)
 
 

@@ -5,6 +5,8 @@ import importlib.util
 import os
 import warnings
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -309,14 +311,16 @@ def test_tetgen_sphere_keeps_the_surface():
     assert b.watertight and b.outward and abs(b.volume - tm.volume()) < 1e-9 * tm.volume()
 
 
-def test_ftetwild_sphere_is_valid_within_its_envelope():
+def test_ftetwild_sphere_is_valid_within_its_envelope(tmp_path, monkeypatch):
     if importlib.util.find_spec("pytetwild") is None:  # (import pytetwild itself needs PyVista)
         pytest.skip("pytetwild is not installed")
     from taichi_xray.objects.tetbuild import tetrahedralize
 
     surf = Mesh(*icosphere(radius=20.0, subdivisions=1))
     eps = 1e-3
+    monkeypatch.chdir(tmp_path)
     tm = tetrahedralize(surf, max_volume=300.0, method="ftetwild", epsilon=eps, threads=1)
+    assert list(tmp_path.iterdir()) == [] and Path.cwd() == tmp_path  # nothing written into the user's folder
     b = tm.boundary().check()
     assert b.watertight and b.outward and b.components == 1
     assert abs(b.volume - tm.volume()) < 1e-9 * tm.volume()  # the tets fill their boundary exactly

@@ -288,6 +288,175 @@ def test_pipeline_caches_stages(scene):
 
 
 # ----------------------------------------------------------------------------------------
+# imaging stage: focal spot, heel, falloff, scatter, detector model (MTF, noise) as controls
+# ----------------------------------------------------------------------------------------
+_IMAGING_KEYS = {  # stage -> (section, line); dropping one gives the scene without that component
+    "focal_spot": ("source", "focal_spot = { width_mm = 2.0, samples = 4 }"),
+    "heel": ("source", "heel = true"),
+    "falloff": ("source", "falloff = true"),
+    "blur": ("detector", "mtf = { gaussian_sigma_mm = 5.0 }"),
+    "noise": ("detector", "noise = { seed = 7 }"),
+    "scatter": ("scatter", "air_gap_mm = 200.0"),
+}
+
+
+@pytest.fixture(scope="module")
+def imaging_scene(scene_path):
+    """make(drop=()) -> the small scene at 64 x 64 with [source] focal_spot/heel/falloff/mAs, a
+    detector model with MTF and noise, and [scatter], without the components named in drop."""
+    d = scene_path.parent
+    base = scene_path.read_text().replace("detector = [48, 40]", "detector = [64, 64]").replace(
+        "pixel_spacing = 6.0", "pixel_spacing = 4.0").replace("kvp = 70", "kvp = 80")
+    cache = {}
+
+    def make(drop=()):
+        drop = tuple(sorted(drop))
+        if drop not in cache:
+            lines = {"source": ["mAs = 0.05"], "detector": [
+                'scintillator = { material = "CsI", thickness_mm = 0.6 }', "swank = 0.8", "gain = 0.5",
+                "offset = 100.0", "electronic_noise = 5.0"], "scatter": []}
+            for k, (sec, line) in _IMAGING_KEYS.items():
+                if k not in drop:
+                    lines[sec].append(line)
+            extra = "".join(f"[{sec}]\n" + "\n".join(ls) + "\n" for sec, ls in lines.items() if ls)
+            p = d / f"imaging_{'-'.join(drop) or 'all'}.toml"
+            p.write_text(base.replace("[[object]]", extra + "[[object]]", 1))
+            cache[drop] = load_scene(p)
+        return cache[drop]
+
+    return make
+
+
+def _reference_T(scene, kind="transmission"):
+    """The Pipeline's own render of the scene (float32 projection, float64 physics, as render())."""
+    import torch
+
+    from taichi_xray.pipeline import Pipeline
+
+    pipe = Pipeline.from_scene(scene, dtype=torch.float32, physics_dtype=torch.float64)
+    return pipe.render(kind=kind)[0].cpu().numpy()
+
+
+def test_state_imaging_controls(scene, imaging_scene):
+    st = ViewerState.from_scene(imaging_scene())
+    assert st.stages == {k: True for k in ("focal_spot", "heel", "falloff", "scatter", "blur")}
+    assert st.imaging_noise and st.noise and st.seed == 7  # the detector model's noise, on as in the scene
+    assert st.label() == "lao+10_cran-5_focal_spot+heel+falloff+scatter+blur"
+    assert "detector noise" in st.stages_text() and "off:" not in st.stages_text()
+    k0, g0, s0 = st.imaging_key(), st.geometry_key(), st.spectrum_key()
+    for key, stage in (("f", "focal_spot"), ("h", "heel"), ("o", "falloff"), ("c", "scatter"), ("b", "blur")):
+        assert st.handle_key(key) is None and st.stages[stage] is False
+    assert st.imaging_key() != k0 and st.geometry_key() == g0 and st.spectrum_key() == s0
+    assert st.label() == "lao+10_cran-5_no-stages" and "off: focal spot" in st.stages_text()
+    assert st.set_param("heel", True) and not st.set_param("heel", True)
+    assert st.set_param("seed", 12) and st.seed == 12
+    with pytest.raises(ValueError, match="seed"):
+        st.set_param("seed", 1.5)
+    with pytest.raises(ValueError, match="seed"):
+        st.set_param("seed", -1)
+    st.handle_key("r")
+    assert st.imaging_key() == k0 and st.seed == 7
+    # a scene without imaging stages: no switches, keys do nothing, the label is unchanged
+    plain = ViewerState.from_scene(scene)
+    assert plain.stages == {} and not plain.imaging_noise and plain.stages_text() == ""
+    plain.handle_key("f")
+    assert plain.stages == {} and plain.label() == "lao+10_cran-5"
+    with pytest.raises(KeyError, match="focal spot"):
+        plain.set_param("focal_spot", False)
+    # a stage the scene lacks cannot be switched
+    st = ViewerState.from_scene(imaging_scene(("scatter",)))
+    assert "scatter" not in st.stages
+    with pytest.raises(KeyError, match="scatter"):
+        st.set_param("scatter", True)
+
+
+def test_viewer_imaging_equals_pipeline(imaging_scene):
+    """With an imaging stage the viewer's transmission, line integral and detector reading are
+    the Pipeline's own (all focal-spot samples, scatter, MTF, seeded detector noise)."""
+    from taichi_xray.render import render
+    from taichi_xray.viewer import XrayPipeline
+
+    sc = imaging_scene()
+    pl = XrayPipeline(sc)
+    st = ViewerState.from_scene(sc)
+    assert {"rasterize", "physics", "imaging"} <= pl.update(st)
+    assert "imaging" in pl.timings and pl.L_all.shape[0] == 4  # one instance per focal-spot sample
+    ref = _reference_T(sc)
+    assert ref.shape == (64, 64) and 0.01 < ref.mean() < 0.9
+    np.testing.assert_allclose(pl.T.cpu().numpy(), ref, rtol=1e-6, atol=1e-9)
+    res = render(sc)  # the scene's [output] kind: line integral
+    np.testing.assert_allclose(pl.image.cpu().numpy(), res.image, rtol=1e-6, atol=1e-9)
+    assert pl.update(st) == set()
+    st.set_param("kind", "intensity")  # the detector reading (ADU)
+    pl.update(st)
+    np.testing.assert_allclose(pl.image.cpu().numpy(), _reference_T(sc, "intensity"), rtol=1e-6)
+
+
+def test_viewer_imaging_switches(imaging_scene):
+    """Each switch off = the Pipeline of the scene without that key; back on = the first image
+    exactly; only the stages a switch touches rerun."""
+    import torch
+
+    from taichi_xray.viewer import XrayPipeline
+
+    sc = imaging_scene()
+    pl = XrayPipeline(sc)
+    st = ViewerState.from_scene(sc)
+    pl.update(st)
+    T_on = pl.T.clone()
+    # stage -> (rasterize, physics) it reruns; the imaging stage always reruns
+    reruns = {"focal_spot": (1, 1), "heel": (0, 1), "falloff": (0, 0), "scatter": (0, 0), "blur": (0, 0),
+              "noise": (0, 0)}
+    for stage, (dr, dp) in reruns.items():
+        n = (pl.n_rasterized, pl.n_physics, pl.n_imaging)
+        assert st.set_param(stage, False)
+        ran = pl.update(st)
+        assert (pl.n_rasterized - n[0], pl.n_physics - n[1], pl.n_imaging - n[2]) == (dr, dp, 1), stage
+        assert "imaging" in ran and "imaging" in pl.timings
+        off = pl.T.cpu().numpy()
+        np.testing.assert_allclose(off, _reference_T(imaging_scene((stage,))), rtol=1e-6, atol=1e-9,
+                                   err_msg=stage)
+        assert np.abs(off - T_on.cpu().numpy()).max() > 1e-5, stage  # the switch does something
+        st.set_param(stage, True)
+        pl.update(st)
+        assert torch.equal(pl.T, T_on), stage
+    # the noise seed reruns only the imaging stage, and the same seed gives the same image
+    n = (pl.n_rasterized, pl.n_physics, pl.n_imaging)
+    st.set_param("seed", 8)
+    assert "imaging" in pl.update(st) and (pl.n_rasterized, pl.n_physics, pl.n_imaging) == (n[0], n[1], n[2] + 1)
+    assert not torch.equal(pl.T, T_on)
+    st.set_param("seed", 7)
+    pl.update(st)
+    assert torch.equal(pl.T, T_on)
+    # photons belong to the viewer's own Poisson noise, unused with the detector's noise
+    st.set_param("photons", 50.0)
+    pl.update(st)
+    assert torch.equal(pl.T, T_on) and pl.n_imaging == n[2] + 2
+
+
+def test_viewer_imaging_without_detector_noise(imaging_scene):
+    """An imaging stage without detector noise: the viewer's own Poisson noise on its transmission."""
+    import torch
+
+    from taichi_xray.viewer import XrayPipeline
+
+    sc = imaging_scene(("noise",))
+    pl = XrayPipeline(sc)
+    st = ViewerState.from_scene(sc)
+    assert not st.imaging_noise and not st.noise
+    pl.update(st)
+    ref = _reference_T(sc)
+    np.testing.assert_allclose(pl.T.cpu().numpy(), ref, rtol=1e-6, atol=1e-9)
+    st.set_param("photons", 1000.0)
+    st.handle_key("n")
+    ran = pl.update(st)
+    assert "noise" in ran and "imaging" not in ran and "physics" not in ran
+    g = torch.Generator().manual_seed(st.seed)
+    expect = torch.poisson(torch.as_tensor(ref).clamp(min=0) * 1000.0, generator=g) / 1000.0
+    np.testing.assert_allclose(pl.T.cpu().numpy(), expect.numpy(), rtol=1e-6, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------------------
 # GGUI (needs Vulkan)
 # ----------------------------------------------------------------------------------------
 def _vulkan():
@@ -375,6 +544,27 @@ def test_save_key_numbered(offscreen, tmp_path):
     assert Path(p2[0]).name == "small_lao+40_cran-5_002.png"
     np.testing.assert_array_equal(read_png(p1[0]), v.pipeline.pixels())
     np.testing.assert_allclose(load_projection_matrix(p1[2]), v.pipeline.camera.P, rtol=1e-12)
+
+
+@needs_vulkan
+def test_window_imaging_controls(imaging_scene, tmp_path):
+    """The controls panel draws the stage switches (hidden window), and a saved file names the stages."""
+    from taichi_xray.render import render
+    from taichi_xray.viewer import Viewer
+
+    sc = imaging_scene()
+    v = Viewer(sc, show=False, controls=True)
+    try:
+        v.frame(interactive=False)
+        v._gui()  # draws the checkboxes of the five stages and the detector-noise seed
+        np.testing.assert_allclose(v.pipeline.image.cpu().numpy(), render(sc).image, rtol=1e-6, atol=1e-9)
+        v.state.handle_key("c")
+        v.frame(interactive=False)
+        paths = v.save(tmp_path)
+        assert Path(paths[0]).name == "small_lao+10_cran-5_focal_spot+heel+falloff+blur_001.png"
+        assert "off: scatter" in Path(paths[2]).read_text()
+    finally:
+        v.close()
 
 
 # ----------------------------------------------------------------------------------------

@@ -42,14 +42,16 @@ interpolated trilinearly between voxel centres and held constant (edge value)
 in the outer half-voxel rim; it is zero outside the box. Each pixel's ray
 (from ``camera.source`` through the pixel centre) is clipped to the box, and
 the clipped chord is split into ``n = ceil(length / step_mm)`` equal steps
-sampled at their midpoints, so a uniform volume gives the exact chord length.
+sampled at their midpoints, so a uniform volume gives the exact chord length. The projection
+is :class:`taichi_xray.objects.volume_project.VolumeProjector` (``method="trilinear"``) with
+these fractions as its basis weights; for new code use :class:`~taichi_xray.objects.volume.Volume`
+and ``VolumeProjector`` (Siddon or trilinear, any HU conversion, differentiable) directly.
 """
 
 import math
 import os
 
 import numpy as np
-import taichi as ti
 
 from ..runtime import ensure_init
 from .labels import nifti_affine_to_lps
@@ -79,81 +81,6 @@ def hu_to_materials(hu, hu_bone: float = HU_BONE_DEFAULT) -> np.ndarray:
     fw = np.where(h <= 0, np.clip(1.0 + h / 1000.0, 0.0, 1.0), np.clip(1.0 - h / hu_bone, 0.0, 1.0))
     fb = np.where(h <= 0, 0.0, np.where(h < hu_bone, h / hu_bone, (1000.0 + h) / (1000.0 + hu_bone)))
     return np.stack([fw, fb], axis=-1).astype(np.float32)
-
-
-@ti.kernel
-def _march(
-    vol: ti.types.ndarray(dtype=ti.f32, ndim=4),  # (X, Y, Z, 2)
-    geo: ti.types.ndarray(dtype=ti.f32, ndim=1),  # see CTVolume._geometry
-    out: ti.types.ndarray(dtype=ti.f32, ndim=3),  # (2, H, W)
-    max_steps: ti.i32,
-):
-    nx, ny, nz = vol.shape[0], vol.shape[1], vol.shape[2]
-    H, W = out.shape[1], out.shape[2]
-    step = geo[21]
-    for r, c in ti.ndrange(H, W):
-        u, v = ti.cast(c, ti.f32), ti.cast(r, ti.f32)
-        # world direction of the pixel ray, then unit length
-        dw = ti.Vector([
-            geo[0] * u + geo[1] * v + geo[2],
-            geo[3] * u + geo[4] * v + geo[5],
-            geo[6] * u + geo[7] * v + geo[8],
-        ])
-        dw = dw / dw.norm()
-        # voxel-index direction (per mm of world path) and origin
-        d = ti.Vector([
-            geo[9] * dw[0] + geo[10] * dw[1] + geo[11] * dw[2],
-            geo[12] * dw[0] + geo[13] * dw[1] + geo[14] * dw[2],
-            geo[15] * dw[0] + geo[16] * dw[1] + geo[17] * dw[2],
-        ])
-        o = ti.Vector([geo[18], geo[19], geo[20]])
-        n = ti.Vector([ti.cast(nx, ti.f32), ti.cast(ny, ti.f32), ti.cast(nz, ti.f32)])
-        t0 = 0.0  # rays start at the source
-        t1 = 3.0e38
-        for a in ti.static(range(3)):
-            lo = -0.5
-            hi = n[a] - 0.5
-            if ti.abs(d[a]) < 1e-12:
-                if o[a] < lo or o[a] > hi:
-                    t1 = -1.0
-            else:
-                ta = (lo - o[a]) / d[a]
-                tb = (hi - o[a]) / d[a]
-                t0 = ti.max(t0, ti.min(ta, tb))
-                t1 = ti.min(t1, ti.max(ta, tb))
-        acc_w = 0.0
-        acc_b = 0.0
-        if t1 > t0:
-            length = t1 - t0
-            ns = ti.min(ti.max(ti.cast(ti.ceil(length / step), ti.i32), 1), max_steps)
-            h = length / ns
-            for k in range(ns):
-                p = o + d * (t0 + (k + 0.5) * h)
-                # clamp into the centre hull (edge value in the outer half voxel)
-                x = ti.min(ti.max(p[0], 0.0), n[0] - 1.0)
-                y = ti.min(ti.max(p[1], 0.0), n[1] - 1.0)
-                z = ti.min(ti.max(p[2], 0.0), n[2] - 1.0)
-                i0 = ti.min(ti.cast(ti.floor(x), ti.i32), nx - 1)
-                j0 = ti.min(ti.cast(ti.floor(y), ti.i32), ny - 1)
-                k0 = ti.min(ti.cast(ti.floor(z), ti.i32), nz - 1)
-                fx, fy, fz = x - i0, y - j0, z - k0
-                i1 = ti.min(i0 + 1, nx - 1)
-                j1 = ti.min(j0 + 1, ny - 1)
-                k1 = ti.min(k0 + 1, nz - 1)
-                for m in ti.static(range(2)):
-                    c00 = vol[i0, j0, k0, m] * (1 - fx) + vol[i1, j0, k0, m] * fx
-                    c10 = vol[i0, j1, k0, m] * (1 - fx) + vol[i1, j1, k0, m] * fx
-                    c01 = vol[i0, j0, k1, m] * (1 - fx) + vol[i1, j0, k1, m] * fx
-                    c11 = vol[i0, j1, k1, m] * (1 - fx) + vol[i1, j1, k1, m] * fx
-                    val = (c00 * (1 - fy) + c10 * fy) * (1 - fz) + (c01 * (1 - fy) + c11 * fy) * fz
-                    if ti.static(m == 0):
-                        acc_w += val
-                    else:
-                        acc_b += val
-            acc_w *= h
-            acc_b *= h
-        out[0, r, c] = acc_w
-        out[1, r, c] = acc_b
 
 
 class CTVolume:
@@ -226,12 +153,6 @@ class CTVolume:
         """Centre (3,) of the volume's box in LPS mm."""
         return self.corners.mean(axis=0)
 
-    def _geometry(self, camera, step_mm: float) -> np.ndarray:
-        Ainv = np.linalg.inv(self.affine)
-        o = Ainv[:3, :3] @ np.asarray(camera.source, dtype=np.float64) + Ainv[:3, 3]
-        geo = np.concatenate([camera.M_inv.ravel(), Ainv[:3, :3].ravel(), o, [step_mm]])
-        return geo.astype(np.float32)
-
     def project(self, camera, step_mm: float | None = None, out=None):
         """Water- and bone-equivalent path lengths of every pixel's ray.
 
@@ -262,9 +183,21 @@ class CTVolume:
                 raise ValueError(f"out must have shape (2, {H}, {W}), got {tuple(out.shape)}")
             if str(out.dtype) not in ("float32", "torch.float32"):
                 raise TypeError(f"out must be float32, got {out.dtype}")
-        # a ray crosses at most the box diagonal
-        diag_mm = float(np.linalg.norm(self.corners.max(0) - self.corners.min(0)))
-        max_steps = int(math.ceil(diag_mm / step_mm)) + 2
+        # the trilinear projector of taichi_xray.objects (one volume kernel in the package), fed
+        # these fractions as its two basis weights
+        import torch
+
+        from ..objects.volume import Volume
+        from ..objects.volume_project import VolumeProjector
+
         ensure_init()
-        _march(self.fractions, self._geometry(camera, step_mm), out, max_steps)
+        vol = Volume(np.zeros(self.shape, np.float32), self.affine, space="LPS")
+        proj = VolumeProjector(vol, camera, hu_conversion="water_bone", method="trilinear", step_mm=step_mm)
+        dens = torch.as_tensor(np.ascontiguousarray(self.fractions, np.float32), device=proj.device)
+        with torch.no_grad():
+            res = proj(densities=dens)[0]
+        if isinstance(out, np.ndarray):
+            out[...] = res.cpu().numpy()
+        else:
+            out.copy_(res.to(out.device))
         return out

@@ -112,8 +112,8 @@ class PointLandmark:
 @dataclass(frozen=True)
 class PelvisLandmarkSpec:
     """The 14 pelvis landmarks of :func:`taichi_xray.fit.landmarks.pelvis_landmarks`, on the
-    concatenation of the named objects for each part (e.g. hip_left = ilium, acetabulum,
-    pubis of the built-in pelvis)."""
+    concatenation of the named objects for each part (e.g. hip_left = the hip bone hip_L
+    and its core of the built-in pelvis)."""
 
     hip_left: tuple
     hip_right: tuple

@@ -46,12 +46,9 @@ RETRY_ERRORS = (NestingError, GeometryError)
 
 def rotation_matrix(deg) -> np.ndarray:
     """R = Rz @ Ry @ Rx for angles (x, y, z) in degrees (as scene-file transforms)."""
-    ax, ay, az = np.deg2rad(np.asarray(deg, dtype=np.float64))
-    cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
-    Rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    Ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    Rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return Rz @ Ry @ Rx
+    from ..scene import _rotation
+
+    return _rotation(np.asarray(deg, dtype=np.float64))
 
 
 def _volume_centroid(parts) -> np.ndarray:

@@ -50,6 +50,8 @@ ST_BEHIND = 0  # faces entirely behind the source plane (culled)
 ST_STRADDLE = 1  # faces crossing the source plane (not rasterized; the caller raises)
 N_STATUS = 2
 
+BOX_BLOCK = 4096  # vertices per block of the bounding-box reduction in raster_forward
+
 
 @ti.func
 def _project(V: ti.template(), vs, i, cam: ti.template(), cm, real: ti.template()):
@@ -219,14 +221,16 @@ def _affine(face_lin: ti.template(), obj_xref: ti.template(), vs, li, j, o, cam:
 @ti.kernel
 def raster_forward(
     V: ti.types.ndarray(),  # (S, N, 3) vertex sets, world mm
-    F: ti.types.ndarray(),  # (M, 3) int32
+    F: ti.types.ndarray(),  # (M, 3) int32 faces in traversal order (rows of the faces, possibly reordered)
+    fid: ti.types.ndarray(),  # (M,) int32 face id of each row of F (the index into the face tables and slots)
     face_obj: ti.types.ndarray(),  # (M,) int32 object of every face
     face_ch: ti.types.ndarray(),  # (M, J) int32 channel per weight (-1 = none)
     face_w: ti.types.ndarray(),  # (M, J) weights
     face_bal: ti.types.ndarray(),  # (M,) int32 balance-tracking index (-1 = none); read when track != 0
     inst: ti.types.ndarray(),  # (I, 2) int32: vertex set, camera
     cam: ti.types.ndarray(),  # (n_cams, CAM_WIDTH)
-    ref: ti.types.ndarray(),  # (I, 4) reference point c (mm) and its depth w0 per instance
+    ref: ti.types.ndarray(),  # (I, 4) out: reference point c (mm) and its depth w0 per instance
+    vbox: ti.types.ndarray(),  # (S, ceil(N / BOX_BLOCK), 6) scratch: per block of vertices, min and max
     proj: ti.types.ndarray(),  # (I, N, 4) scratch u, v, w, w - w0; used when pre != 0
     L: ti.types.ndarray(),  # (I, C, H, W) channel images, accumulated (zero on entry)
     count: ti.types.ndarray(),  # (I, H, W) int32 covering faces (zero on entry); used when store != 0
@@ -246,8 +250,13 @@ def raster_forward(
 ):
     """One launch over (instance, face): project, cull, cover, and accumulate signed depths.
 
-    L, count, balance and status must be zero on entry (the caller clears them with
-    memset-speed library calls). With ``store``, each covering face also takes a slot
+    L, count and balance must be zero on entry (the caller clears them with
+    memset-speed library calls); status is cleared here. The kernel first computes
+    ``ref`` (the centre of each instance's vertex set's bounding box and its depth),
+    reduced per block of vertices in a fixed order (exact: min and max do not round).
+    ``F`` may hold the faces in another order than the face tables (rows sorted so that
+    consecutive faces share vertices: the vertex gathers then hit the cache); ``fid``
+    maps each row to its face id, which indexes the tables and goes into the slots. With ``store``, each covering face also takes a slot
     (face id, signed depth) from the per-pixel counter; slots beyond K are dropped (the
     caller reads the largest count and grows K). With ``track``, faces whose
     ``face_bal`` is >= 0 add their sign to that balance image (open meshes). With
@@ -272,6 +281,35 @@ def raster_forward(
     H = L.shape[2]
     W = L.shape[3]
     K = slot_face.shape[3]
+    N = V.shape[1]
+    NB = vbox.shape[1]
+    for s, b in ti.ndrange(vbox.shape[0], NB):  # bounds of each vertex set, per block of vertices
+        k0 = b * BOX_BLOCK
+        mn = ti.Vector([ti.cast(V[s, k0, 0], real), ti.cast(V[s, k0, 1], real), ti.cast(V[s, k0, 2], real)])
+        mx = mn
+        for k in range(k0 + 1, ti.min(k0 + BOX_BLOCK, N)):
+            x = ti.Vector([ti.cast(V[s, k, 0], real), ti.cast(V[s, k, 1], real), ti.cast(V[s, k, 2], real)])
+            mn = ti.min(mn, x)
+            mx = ti.max(mx, x)
+        for a in ti.static(range(3)):
+            vbox[s, b, a] = mn[a]
+            vbox[s, b, 3 + a] = mx[a]
+    ti.loop_config(serialize=True)
+    for i in range(inst.shape[0]):  # reference point and depth per instance; clear the status counters
+        vs = inst[i, 0]
+        cm = inst[i, 1]
+        mn = ti.Vector([vbox[vs, 0, 0], vbox[vs, 0, 1], vbox[vs, 0, 2]])
+        mx = ti.Vector([vbox[vs, 0, 3], vbox[vs, 0, 4], vbox[vs, 0, 5]])
+        for b in range(1, NB):
+            mn = ti.min(mn, ti.Vector([vbox[vs, b, 0], vbox[vs, b, 1], vbox[vs, b, 2]]))
+            mx = ti.max(mx, ti.Vector([vbox[vs, b, 3], vbox[vs, b, 4], vbox[vs, b, 5]]))
+        c = 0.5 * (mn + mx)
+        for a in ti.static(range(3)):
+            ref[i, a] = c[a]
+        ref[i, 3] = cam[cm, 8] * c[0] + cam[cm, 9] * c[1] + cam[cm, 10] * c[2] + cam[cm, 11]
+        for q in range(status.shape[2]):
+            for e in ti.static(range(N_STATUS)):
+                status[i, e, q] = 0
     if ti.static(pre):
         for i, k in ti.ndrange(inst.shape[0], V.shape[1]):
             u, v, w = _project(V, inst[i, 0], k, cam, inst[i, 1], real)
@@ -279,12 +317,13 @@ def raster_forward(
             proj[i, k, 1] = v
             proj[i, k, 2] = w
             proj[i, k, 3] = _rel_depth(V, inst[i, 0], k, cam, inst[i, 1], ref, i, real)
-    for i, f in ti.ndrange(inst.shape[0], F.shape[0]):
+    for i, t in ti.ndrange(inst.shape[0], F.shape[0]):
         vs = inst[i, 0]
         cm = inst[i, 1]
-        i0 = F[f, 0]
-        i1 = F[f, 1]
-        i2 = F[f, 2]
+        f = fid[t]
+        i0 = F[t, 0]
+        i1 = F[t, 1]
+        i2 = F[t, 2]
         u0, v0, w0, q0 = _fetch(V, proj, ref, i, vs, i0, cam, cm, pre, real)
         u1, v1, w1, q1 = _fetch(V, proj, ref, i, vs, i1, cam, cm, pre, real)
         u2, v2, w2, q2 = _fetch(V, proj, ref, i, vs, i2, cam, cm, pre, real)

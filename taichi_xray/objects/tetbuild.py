@@ -42,6 +42,8 @@ import importlib.machinery
 import importlib.util
 import math
 import os
+import tempfile
+import threading
 import time
 import warnings
 
@@ -80,6 +82,9 @@ def _ftetwild_module():
     return mod
 
 
+_FTETWILD_LOCK = threading.Lock()
+
+
 def _run_ftetwild(V, F, max_volume, quality, epsilon, threads, optimize):
     W = _ftetwild_module()
     edge_abs = 0.0 if max_volume is None else (6.0 * math.sqrt(2.0) * max_volume) ** (1.0 / 3.0)
@@ -87,13 +92,20 @@ def _run_ftetwild(V, F, max_volume, quality, epsilon, threads, optimize):
     if stop_energy <= 3.0:
         raise ValueError(f"quality (fTetWild's AMIPS stop energy) must be > 3 (3 = regular tets), got {quality}")
     e = np.empty
-    try:
-        v, t = W.tetrahedralize_mesh(
-            np.array(V, np.float64), np.array(F, np.uint32),  # writable copies (nanobind)
-            bool(optimize), False, 0.05, float(edge_abs), float(epsilon), stop_energy, False, int(threads), 80,
-            6, True, True, False, e((0, 3)), e((0, 4), np.int32), e(0))
-    except TypeError as exc:  # another pytetwild version with another argument list
-        raise ImportError(f"unsupported pytetwild version (this code calls 0.4.2's extension): {exc}") from None
+    # fTetWild writes __tracked_surface.stl into the working directory: run it in a temporary one
+    # (under a lock: the working directory is the process's), never in the user's folder
+    with _FTETWILD_LOCK, tempfile.TemporaryDirectory(prefix="taichi_xray_ftetwild_") as tmp:
+        cwd = os.getcwd()
+        os.chdir(tmp)
+        try:
+            v, t = W.tetrahedralize_mesh(
+                np.array(V, np.float64), np.array(F, np.uint32),  # writable copies (nanobind)
+                bool(optimize), False, 0.05, float(edge_abs), float(epsilon), stop_energy, False, int(threads), 80,
+                6, True, True, False, e((0, 3)), e((0, 4), np.int32), e(0))
+        except TypeError as exc:  # another pytetwild version with another argument list
+            raise ImportError(f"unsupported pytetwild version (this code calls 0.4.2's extension): {exc}") from None
+        finally:
+            os.chdir(cwd)
     return np.asarray(v, np.float64), np.asarray(t, np.int64)
 
 

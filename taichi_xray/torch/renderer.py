@@ -38,7 +38,8 @@ class XRayRenderer(nn.Module):
     cameras : a Camera or a sequence of V cameras of one detector size.
     materials : P material specs (names like ``"cortical_bone"``, see
         :func:`taichi_xray.physics.get_material`). Not needed for ``output="path_length"``.
-    parents : P parent indices (-1 for none); a child's material replaces its parent's.
+    parents : P parent indices (-1 for none; ``P + k`` inside volume k); a child's material
+        replaces its parent's.
     spectrum : Spectrum (default: monochromatic 60 keV).
     detector : Detector or None (ideal photon counter).
     output : ``"line_integral"`` (default, -log(I/I0)), ``"transmission"``, ``"intensity"``
@@ -51,33 +52,42 @@ class XRayRenderer(nn.Module):
     overlap : "raise" (default), "warn" or "allow" when objects break their nesting
         (checked on the first call from the K-slot depth intervals).
     names : P object names for messages.
+    volumes : CT volumes rendered with the meshes (:class:`~taichi_xray.pipeline.VolumeObject`
+        items, or ``Volume`` objects with the defaults); P may then be 0 (volumes only).
 
     Call
     ----
-    ``renderer(vertices, mu_scale=None)`` with ``vertices`` a sequence of P tensors,
-    each (N_p, 3) or (B, N_p, 3) (a batch of poses/shapes), float32 or float64.
+    ``renderer(vertices, mu_scale=None, volume_poses=None)`` with ``vertices`` a sequence of P
+    tensors, each (N_p, 3) or (B, N_p, 3) (a batch of poses/shapes), float32 or float64.
     Returns (B, H, W) where B = max(number of poses, number of views); a single
     pose is rendered in every view, a single view renders every pose, otherwise
     pose b is rendered in view b. ``mu_scale`` (P,) multiplies each object's mu.
+    ``volume_poses`` ``{volume name or index: (6,) tensor}``: rotation vector (rad) and
+    translation (mm) of the volume about its own box centre (``Volume.centre``),
+    ``v' = R (v - centre) + centre + t`` on top of its affine (differentiable; see
+    :meth:`taichi_xray.pipeline.Pipeline.render_torch`).
     """
 
     def __init__(self, faces: Sequence, cameras: Camera | Sequence[Camera], materials: Sequence | None = None,
                  parents: Sequence[int] | None = None, spectrum: Spectrum | None = None,
                  detector: Detector | None = None, output: str = "line_integral", K: int | None = None,
                  deterministic: bool = False, air: bool = False, overlap: str = "raise",
-                 names: Sequence[str] | None = None, dtype=torch.float32):
+                 names: Sequence[str] | None = None, dtype=torch.float32, volumes: Sequence | None = None):
         super().__init__()
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         faces = list(faces)
-        if not faces:
+        volumes = list(volumes or [])
+        if not faces and not volumes:
             raise ValueError("no meshes given")
+        if not faces and materials is None:
+            materials = []
         if output != "path_length" and (materials is None or len(materials) != len(faces)):
             raise ValueError(f"give one material per mesh ({len(faces)}) for output={output!r}")
         self._args = dict(materials=None if output == "path_length" else list(materials),
                           parents=None if parents is None else list(parents), spectrum=spectrum, detector=detector,
                           output=output, K=K, deterministic=deterministic, air=air, overlap=overlap,
-                          names=None if names is None else list(names), dtype=dtype)
+                          names=None if names is None else list(names), dtype=dtype, volumes=volumes)
         self._faces = faces
         self.pipeline = Pipeline(faces, cameras, **self._args)
         self.output = output
@@ -113,9 +123,19 @@ class XRayRenderer(nn.Module):
     def parents(self) -> list:
         return self.pipeline.parents
 
+    @property
+    def volumes(self) -> list:
+        """The pipeline's :class:`~taichi_xray.pipeline.VolumeObject` items (shared by ``at_scale``)."""
+        return self.pipeline.volumes
+
+    @property
+    def volume_names(self) -> list:
+        return [v.name for v in self.pipeline.volumes]
+
     def at_scale(self, factor: int) -> "XRayRenderer":
         """A renderer of the same objects on ``factor`` x ``factor`` binned detectors (see
-        :func:`taichi_xray.fit.register.downsample_camera`), cached: coarse registration levels."""
+        :func:`taichi_xray.fit.register.downsample_camera`), cached: coarse registration levels.
+        Volumes come along (the same ``VolumeObject`` items, their device densities shared)."""
         if factor == 1:
             return self
         if factor not in self._scaled:
@@ -126,7 +146,37 @@ class XRayRenderer(nn.Module):
         return self._scaled[factor]
 
     # ------------------------------------------------------------------ call
-    def forward(self, vertices: Sequence[torch.Tensor], mu_scale=None) -> torch.Tensor:
+    def _check_volume_poses(self, volume_poses) -> dict | None:
+        if volume_poses is None:
+            return None
+        if not isinstance(volume_poses, dict):
+            raise TypeError(f"volume_poses must be a dict {{volume name or index: (6,) tensor}}, got "
+                            f"{type(volume_poses).__name__}")
+        names = self.volume_names
+        if volume_poses and not names:
+            raise ValueError("volume_poses given, but the renderer has no volumes")
+        seen = set()
+        for key, pose in volume_poses.items():
+            if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+                if not 0 <= int(key) < len(names):
+                    raise ValueError(f"volume_poses: volume index {key} is out of range (0..{len(names) - 1})")
+                k = int(key)
+            elif isinstance(key, str):
+                if key not in names:
+                    raise ValueError(f"volume_poses: no volume named {key!r} (volumes: {', '.join(names)})")
+                k = names.index(key)
+            else:
+                raise TypeError(f"volume_poses keys must be volume names or indices, got {type(key).__name__}")
+            if k in seen:
+                raise ValueError(f"volume_poses gives volume {names[k]!r} twice (by name and by index)")
+            seen.add(k)
+            if pose is not None and tuple(torch.as_tensor(pose).shape) != (6,):
+                raise ValueError(f"volume_poses[{key!r}] must have shape (6,) (rotation vector rad, translation mm), "
+                                 f"got {tuple(torch.as_tensor(pose).shape)}")
+        return volume_poses
+
+    def forward(self, vertices: Sequence[torch.Tensor], mu_scale=None, volume_poses=None) -> torch.Tensor:
+        volume_poses = self._check_volume_poses(volume_poses)
         if isinstance(vertices, torch.Tensor):
             vertices = [vertices]
         vertices = list(vertices)
@@ -156,4 +206,6 @@ class XRayRenderer(nn.Module):
             vertices = [v[0] if v.ndim == 3 else v for v in vertices]
         else:
             vertices = [v if v.ndim == 3 else v[None] for v in vertices]
+        if volume_poses:
+            return self.pipeline.render_torch(vertices, mu_scale, volume_poses=volume_poses)
         return self.pipeline.render_torch(vertices, mu_scale)

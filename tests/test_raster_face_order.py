@@ -1,0 +1,94 @@
+"""The forward kernel traverses large meshes in a cache-friendly face order (rasterize._face_order):
+face ids in the slots, coverage and path lengths must not depend on it."""
+import numpy as np
+import pytest
+import torch
+
+import taichi_xray as tx
+from taichi_xray.rasterize import REORDER_FACES
+
+pytestmark = pytest.mark.filterwarnings("error::taichi_xray.mesh.MeshWarning")
+
+RADIUS = 40.0
+
+
+def scattered_icosphere(level):
+    """Icosphere subdivided all faces at once: consecutive faces lie on different icosahedron
+    faces, far apart in the vertex array (the order the rasterizer reorders)."""
+    from taichi_xray.primitives import icosphere
+
+    V, F = icosphere(1.0, 0)
+    for _ in range(level):
+        e = F[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 3, 2)
+        uniq, inv = np.unique(np.sort(e, axis=2).reshape(-1, 2), axis=0, return_inverse=True)
+        inv = inv.reshape(-1, 3) + len(V)
+        mid = V[uniq[:, 0]] + V[uniq[:, 1]]
+        V = np.vstack([V, mid / np.linalg.norm(mid, axis=1, keepdims=True)])
+        a, b, c = F[:, 0], F[:, 1], F[:, 2]
+        ab, bc, ca = inv[:, 0], inv[:, 1], inv[:, 2]
+        F = np.concatenate([np.stack(t, axis=1) for t in ((a, ab, ca), (b, bc, ab), (c, ca, bc), (ab, bc, ca))])
+    return V * RADIUS, F
+
+
+@pytest.fixture(scope="module")
+def scene():
+    V, F = scattered_icosphere(6)  # 81920 faces: above REORDER_FACES
+    assert len(F) >= REORDER_FACES
+    cam = tx.Camera.c_arm(sid=400.0, sdd=600.0, width=56, height=48, pixel_spacing=2.0, radiological=False)
+    return V, F, cam
+
+
+def test_large_scattered_mesh_is_reordered_and_slots_hold_user_face_ids(scene):
+    V, F, cam = scene
+    r = tx.rasterize(tx.Mesh(V, F, "sphere"), cam, check_balance=True)
+    rz = r._rasterizer
+    assert rz._F_run is not rz.F  # the traversal order differs from the face order here
+    assert r.n_fixed.sum() == 0  # watertight: every ray enters as often as it leaves
+    count = r.count.numpy()
+    assert count.max() == 2 and (count == 2).sum() > 500 and set(np.unique(count)) <= {0, 2}
+    # each slot: its face id (user numbering) must be a face the pixel's ray crosses, at that signed depth
+    rows, cols = np.nonzero(count)
+    d = cam.pixel_rays(normalize=True)[rows, cols]  # (n, 3)
+    s = cam.source
+    for k in range(2):
+        f = r.slot_face.numpy()[rows, cols, k]
+        v0, v1, v2 = V[F[f, 0]], V[F[f, 1]], V[F[f, 2]]
+        n = np.cross(v1 - v0, v2 - v0)
+        nd = np.einsum("ij,ij->i", n, d)
+        t = np.einsum("ij,ij->i", n, v0 - s) / nd
+        x = s + t[:, None] * d
+        area = np.einsum("ij,ij->i", n, n)
+        b0 = np.einsum("ij,ij->i", n, np.cross(v1 - x, v2 - x)) / area
+        b1 = np.einsum("ij,ij->i", n, np.cross(v2 - x, v0 - x)) / area
+        assert (b0 > -1e-3).all() and (b1 > -1e-3).all() and (b0 + b1 < 1 + 1e-3).all()
+        np.testing.assert_allclose(r.slot_depth.numpy()[rows, cols, k], np.where(nd > 0, t, -t), atol=2e-3)
+
+
+def test_path_lengths_do_not_depend_on_the_face_order(scene):
+    V, F, cam = scene
+    L = tx.path_length(tx.Mesh(V, F, "sphere"), cam)
+    key = np.minimum(np.minimum(F[:, 0], F[:, 1]), F[:, 2])
+    G = F[np.argsort(key, kind="stable")]  # already local: kept as given
+    rz = tx.rasterize(tx.Mesh(V, G, "sphere"), cam)._rasterizer
+    assert rz._F_run is rz.F
+    np.testing.assert_allclose(tx.path_length(tx.Mesh(V, G, "sphere"), cam), L, atol=1e-4)
+    Ld = tx.rasterize(tx.Mesh(V, F, "sphere"), cam, deterministic=True).numpy()[0]
+    np.testing.assert_allclose(Ld, L, atol=1e-3)
+    # and the chord of the ideal sphere away from the silhouette (polyhedron within 0.05 % of R)
+    d = cam.pixel_rays(normalize=True)
+    b = d @ cam.source
+    disc = b * b - (cam.source @ cam.source - RADIUS ** 2)
+    inner = np.sqrt(np.maximum(cam.source @ cam.source - b * b, 0)) < 0.8 * RADIUS
+    assert inner.sum() > 300
+    np.testing.assert_allclose(L[inner], 2 * np.sqrt(disc[inner]), atol=0.15)
+
+
+def test_float64_reference_point_computed_in_the_kernel(scene):
+    """The reference point (centre of the vertices' bounds and its depth) is reduced in the kernel."""
+    V, F, cam = scene
+    Vs = V + np.array([5.0, -3.0, 2.0])
+    r = tx.rasterize(tx.Mesh(Vs, F, "sphere"), cam, dtype=torch.float64, keep_slots=False)
+    ref = r._state.ref.numpy()[0]
+    c = 0.5 * (Vs.min(0) + Vs.max(0))
+    np.testing.assert_allclose(ref[:3], c, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ref[3], cam.P[2, :3] @ c + cam.P[2, 3], rtol=1e-12)
