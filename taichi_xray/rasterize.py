@@ -64,6 +64,8 @@ PREPROJECT_VERTICES = 20000
 # from this many faces on, faces whose order scatters their vertex gathers over the whole mesh are
 # traversed sorted by their lowest vertex index (below it the vertices stay in the cache anyway)
 REORDER_FACES = 65536
+# scenes (lists of meshes) whose packing and face tables rasterize() keeps per first Mesh
+PACK_CACHE_SIZE = 4
 
 
 def _face_order(F: np.ndarray):
@@ -85,6 +87,63 @@ def _face_order(F: np.ndarray):
         return None
     order = np.argsort(key, kind="stable").astype(np.int32)
     return np.ascontiguousarray(np.take(F, order, axis=0)), order
+
+
+class _FaceTables:
+    """What a :class:`Rasterizer` derives from its faces and their objects alone, on its device.
+
+    F (M, 3) int32 faces; F_run / fid: the rows in traversal order and the face id of each
+    (``F_run is F`` when the order is kept); face_obj (M,) int32; P, faces_per_object, F_max.
+    :func:`rasterize` keeps one per set of :class:`Mesh` objects (their arrays are read-only),
+    so that a fresh call on meshes already seen does no per-face work on the host; the tensors
+    are shared by the rasterizers built from it and must not be written to.
+    """
+
+    def __init__(self, faces, face_obj, device):
+        Fnp = np.ascontiguousarray(faces.detach().cpu().numpy() if isinstance(faces, torch.Tensor) else faces, np.int32)
+        self.F = torch.as_tensor(Fnp, device=device).contiguous()
+        self.F_max = int(Fnp.max()) if len(Fnp) else -1
+        fo = _face_order(Fnp)
+        if fo is None:  # traversal order = face order
+            self.F_run = self.F
+            self.fid = torch.arange(len(Fnp), dtype=torch.int32, device=device)
+            self.order = None
+        else:
+            self.F_run = torch.as_tensor(fo[0], device=device).contiguous()
+            self.fid = torch.as_tensor(fo[1], device=device).contiguous()
+            self.order = self.fid
+        fobj = np.ascontiguousarray(face_obj.detach().cpu().numpy() if isinstance(face_obj, torch.Tensor)
+                                    else face_obj, np.int32)
+        self.face_obj = torch.as_tensor(fobj, device=device).contiguous()
+        self.P = int(fobj.max()) + 1 if len(fobj) else 0
+        self.faces_per_object = np.bincount(fobj, minlength=self.P)
+        self._cache: dict = {}
+
+    def run_order(self, t: torch.Tensor) -> torch.Tensor:
+        """Rows of a per-face table (M, ...) in traversal order (the kernel reads them sequentially)."""
+        return t if self.order is None else t.index_select(0, self.order).contiguous()
+
+    def balance(self, objs: tuple, dummy) -> torch.Tensor:
+        """(M,) int32 balance index of every face in traversal order (-1: untracked); a dummy when no
+        object is tracked (the kernel does not read it then)."""
+        if not objs:
+            return dummy
+        key = ("bal", objs)
+        if key not in self._cache:
+            fb = torch.full((self.P,), -1, dtype=torch.int32, device=self.F.device)
+            for b, o in enumerate(objs):
+                fb[o] = b
+            self._cache[key] = self.run_order(fb.index_select(0, self.face_obj)).contiguous()
+        return self._cache[key]
+
+    def object_weights(self, dtype):
+        """Per-object path-length tables (channel = object, weight 1): (face_ch, face_w, run-order copies)."""
+        key = ("objw", dtype)
+        if key not in self._cache:
+            ch = self.face_obj[:, None].contiguous()
+            w = torch.ones((len(ch), 1), dtype=dtype, device=ch.device)  # the same in any order
+            self._cache[key] = (ch, w, ch if self.P == 1 else self.run_order(ch), w)
+        return self._cache[key]
 
 
 # ----------------------------------------------------------------------------------------
@@ -207,7 +266,8 @@ class Rasterizer:
     ----------
     faces : (M, 3) int array of global vertex indices (all objects concatenated).
     face_obj : (M,) int object of every face (0 .. P-1).
-    face_ch, face_w : (M, J) channel index (-1 = none) and weight of each face's terms.
+    face_ch, face_w : (M, J) channel index (-1 = none) and weight of each face's terms; both None:
+        per-object path lengths (channel = object, weight 1; n_channels must be the number of objects).
     n_channels : C, the number of channel images.
     cameras : cameras of one detector size.
     instances : (I, 2) int (vertex set, camera) pairs; default: vertex set 0 in every camera.
@@ -219,29 +279,32 @@ class Rasterizer:
 
     def __init__(self, faces, face_obj, face_ch, face_w, n_channels: int, cameras, instances=None,
                  open_objects=(), names=None, dtype=torch.float32, K: int | None = None,
-                 deterministic: bool = False, fix_radius: int = 4):
+                 deterministic: bool = False, fix_radius: int = 4, _tables: _FaceTables | None = None):
         runtime.ensure_init()
         if dtype not in _REAL:
             raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         self.device = runtime.torch_device()
         self.dtype = dtype
         self.real = _REAL[dtype]
-        Fnp = np.ascontiguousarray(faces.detach().cpu().numpy() if isinstance(faces, torch.Tensor) else faces, np.int32)
-        self.F = torch.as_tensor(Fnp, device=self.device).contiguous()
-        self._F_max = int(Fnp.max()) if len(Fnp) else -1
-        fo = _face_order(Fnp)
-        if fo is None:  # traversal order = face order
-            self._F_run = self.F
-            self._fid = torch.arange(len(Fnp), dtype=torch.int32, device=self.device)
-        else:
-            self._F_run = torch.as_tensor(fo[0], device=self.device).contiguous()
-            self._fid = torch.as_tensor(fo[1], device=self.device).contiguous()
-        self.face_obj = torch.as_tensor(np.ascontiguousarray(face_obj, np.int32), device=self.device).contiguous()
-        self.P = int(self.face_obj.max()) + 1 if len(self.face_obj) else 0
+        ft = _tables if _tables is not None else _FaceTables(faces, face_obj, self.device)
+        self._ft = ft
+        self.F = ft.F
+        self._F_max = ft.F_max
+        self._F_run = ft.F_run
+        self._fid = ft.fid
+        self.face_obj = ft.face_obj
+        self.P = ft.P
         self.names = list(names) if names is not None else [f"object {p}" for p in range(self.P)]
-        self.faces_per_object = np.bincount(np.asarray(face_obj), minlength=self.P)
+        self.faces_per_object = ft.faces_per_object
         self.C = int(n_channels)
-        self.set_weights(face_ch, face_w)
+        self._bufs: dict = {}
+        if face_ch is None:  # per-object path lengths (channel = object, weight 1), kept with the faces
+            if self.C != self.P:
+                raise ValueError("face_ch=None (per-object channels) needs n_channels equal to the number of objects")
+            self.face_ch, self.face_w, self._ch_run, self._w_run = ft.object_weights(dtype)
+            self.J = 1
+        else:
+            self.set_weights(face_ch, face_w)
         self.open_objects = sorted(set(int(o) for o in open_objects))
         self._set_balance(self.open_objects)
         self.K_fixed = None if K is None else int(K)
@@ -251,7 +314,6 @@ class Rasterizer:
         self.deterministic = bool(deterministic)
         self.fix_radius = int(fix_radius)
         self._launch = LaunchCache()
-        self._bufs: dict = {}
         self._gen: dict = {}
         self.linear = None
         self.linear_grads = None
@@ -274,13 +336,14 @@ class Rasterizer:
         self.J = int(ch.shape[1])
         self.face_ch = ch.to(device=self.device, dtype=torch.int32).contiguous()
         self.face_w = w.to(device=self.device, dtype=self.dtype).contiguous()
+        # copies in traversal order for the forward kernel (the same tensors when the order is kept)
+        self._ch_run = self._ft.run_order(self.face_ch)
+        self._w_run = self._ft.run_order(self.face_w)
 
     def _set_balance(self, objs) -> None:
-        fb = np.full(self.P, -1, np.int32)
-        for b, o in enumerate(objs):
-            fb[o] = b
         self.n_bal = len(objs)
-        self.face_bal = torch.as_tensor(fb, device=self.device)[self.face_obj.long()].contiguous()
+        # (M,) balance index per face in traversal order (read by the forward kernel only)
+        self.face_bal = self._ft.balance(tuple(int(o) for o in objs), self._dummy(1, torch.int32))
 
     def set_cameras(self, cameras, instances=None) -> None:
         cams = [cameras] if isinstance(cameras, Camera) else list(cameras)
@@ -365,10 +428,10 @@ class Rasterizer:
             pre = V.shape[1] * I >= PREPROJECT_VERTICES
             proj = self._buf("proj", (I, V.shape[1], 4), self.dtype) if pre else self._dummy(3, self.dtype)
             li, fl, xr = self._linear_args(V)
-            self._launch(t + "fwd", kr.raster_forward, V, self._F_run, self._fid, self.face_obj, self.face_ch,
-                         self.face_w, self.face_bal, self.inst, self.cam, ref, vbox, proj, L, count, sf, sd, balance,
+            self._launch(t + "fwd", kr.raster_forward, V, self._F_run, self._fid, self.face_obj, self._ch_run,
+                         self._w_run, self.face_bal, self.inst, self.cam, ref, vbox, proj, L, count, sf, sd, balance,
                          status, li, fl, xr, self.J, int(store), int(track), int(pre), int(self.linear is not None),
-                         self.real)
+                         int(self.device == "cpu"), self.real)
             if status.is_cpu:  # read in place
                 st = status.numpy()
                 need = int(count.amax()) if store else 0
@@ -606,18 +669,56 @@ def _as_mesh_list(meshes):
     return single, ([meshes] if single else list(meshes))
 
 
-def _pack(meshes, names):
-    """Prepare P meshes: (V (N, 3) float64, F (M, 3) int32 global, face_obj, vertex offsets, open objects)."""
-    Vs, Fs, objs, voff, open_ = [], [], [], [0], []
+class _Packed:
+    """P prepared meshes packed together: V (N, 3) float64, F (M, 3) int32 global, face_obj (M,) int32,
+    voff (P + 1,) vertex offsets, open_ (objects that are not watertight); ``tables`` holds the
+    :class:`_FaceTables` of F (built on first use)."""
+
+    def __init__(self, V, F, face_obj, voff, open_):
+        self.V, self.F, self.face_obj, self.voff, self.open_ = V, F, face_obj, voff, open_
+        self.tables: _FaceTables | None = None
+        self._device = None
+
+    def face_tables(self, device) -> _FaceTables:
+        if self.tables is None or self._device != str(device):
+            self.tables = _FaceTables(self.F, self.face_obj, device)
+            self._device = str(device)
+        return self.tables
+
+
+def _pack(meshes, names) -> _Packed:
+    """Prepare and pack P meshes. When all of them are :class:`Mesh` objects (read-only arrays, prepared
+    once and cached on them), the packing and its face tables are cached on the first one, for this
+    exact list of prepared arrays (checked by identity), so a later call does no per-face work."""
+    preps = []
     for p, m in enumerate(meshes):
-        V, F, closed = prepare_mesh(m, names[p], stacklevel=5)
-        Vs.append(V)
-        Fs.append(F + voff[-1])
-        objs.append(np.full(len(F), p, np.int32))
-        voff.append(voff[-1] + len(V))
-        if not closed:
-            open_.append(p)
-    return np.concatenate(Vs), np.concatenate(Fs), np.concatenate(objs), np.asarray(voff, np.int64), open_
+        preps.append(prepare_mesh(m, names[p], stacklevel=5))
+    cache = key = None
+    if all(isinstance(m, Mesh) for m in meshes):
+        cache = meshes[0].__dict__.setdefault("_tx_prepared", {}).setdefault("packed", {})
+        key = tuple(id(p) for p in preps)  # unique while the entry keeps the prepared tuples alive
+        hit = cache.get(key)
+        if hit is not None and all(a is b for a, b in zip(hit[0], preps)):
+            return hit[1]
+    if len(preps) == 1:  # nothing to concatenate
+        V, F, closed = preps[0]
+        packed = _Packed(V, F, np.zeros(len(F), np.int32), np.asarray([0, len(V)], np.int64), [] if closed else [0])
+    else:
+        Vs, Fs, objs, voff, open_ = [], [], [], [0], []
+        for p, (V, F, closed) in enumerate(preps):
+            Vs.append(V)
+            Fs.append(F + np.int32(voff[-1]))
+            objs.append(np.full(len(F), p, np.int32))
+            voff.append(voff[-1] + len(V))
+            if not closed:
+                open_.append(p)
+        packed = _Packed(np.concatenate(Vs), np.ascontiguousarray(np.concatenate(Fs), np.int32), np.concatenate(objs),
+                         np.asarray(voff, np.int64), open_)
+    if cache is not None:
+        while len(cache) >= PACK_CACHE_SIZE:
+            cache.pop(next(iter(cache)))  # the oldest
+        cache[key] = (tuple(preps), packed)
+    return packed
 
 
 def rasterize(
@@ -676,19 +777,24 @@ def rasterize(
         if len(vertices) != len(meshes):
             raise ValueError(f"got {len(vertices)} vertex tensors for {len(meshes)} meshes")
         meshes = [(v, m.faces if isinstance(m, Mesh) else m[1]) for v, m in zip(vertices, meshes)]
-    Vnp, F, face_obj, voff, open_ = _pack(meshes, names)
+    pk = _pack(meshes, names)
+    Vnp, F, voff, open_ = pk.V, pk.F, pk.voff, pk.open_
     P = len(meshes)
     rz = out._rasterizer if out is not None else None
     reuse = (rz is not None and rz.dtype == dtype and rz.C == P and len(rz.F) == len(F) and rz.K_fixed == K
              and rz.deterministic == deterministic and (rz.H, rz.W) == (camera.height, camera.width)
-             and rz.open_objects == open_ and torch.equal(rz.F.cpu(), torch.as_tensor(F)))
+             and rz.open_objects == open_ and rz.J == 1 and rz.linear is None
+             and (rz._ft is pk.tables or torch.equal(rz.F.cpu(), torch.as_tensor(F))))
     if reuse:
         rz.set_cameras([camera])
         rz.names = names
     else:
-        rz = Rasterizer(F, face_obj, face_obj[:, None], np.ones((len(F), 1)), P, [camera], open_objects=open_,
-                        names=names, dtype=dtype, K=K, deterministic=deterministic, fix_radius=fix_radius)
-    V = torch.as_tensor(Vnp, dtype=dtype, device=rz.device)[None].contiguous()
+        rz = Rasterizer(None, None, None, None, P, [camera], open_objects=open_, names=names, dtype=dtype, K=K,
+                        deterministic=deterministic, fix_radius=fix_radius,
+                        _tables=pk.face_tables(runtime.torch_device()))
+    # a copy of the vertices (the Mesh's arrays are read-only and shared with its cache)
+    V = torch.from_numpy(np.array(Vnp[None], dtype=np.float32 if dtype == torch.float32 else np.float64))
+    V = V.to(rz.device)
     st = rz.forward(V, keep_slots=keep_slots, check_balance=check_balance, fix_unbalanced=fix_unbalanced)
     n_fixed = np.zeros(P, dtype=np.int64)
     bal_objs = list(range(P)) if check_balance else open_

@@ -348,6 +348,12 @@ def test_shipped_scenes_load():
         assert s.names == ph.names
         assert [s.names[p] if p >= 0 else None for p in s.parents] == [o.parent for o in ph]
         assert all(o.mesh.check().outward for o in s.objects)
+        # the realistic variant (tools/phantom_figures.py --write-scenes): the same objects and camera
+        # plus a focal spot, a CsI detector model with noise and kernel scatter
+        r = load_scene(root / f"{name}-realistic.toml")
+        assert r.names == s.names and np.allclose(r.camera.P, s.camera.P)
+        im = r.imaging
+        assert im.focal_spot is not None and im.scatter is not None and im.detector is not None and im.noise
 
 
 def test_documented_complete_example_loads(tmp_path):

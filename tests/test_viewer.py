@@ -419,7 +419,11 @@ def test_viewer_imaging_switches(imaging_scene):
         assert np.abs(off - T_on.cpu().numpy()).max() > 1e-5, stage  # the switch does something
         st.set_param(stage, True)
         pl.update(st)
-        assert torch.equal(pl.T, T_on), stage
+        if dr:  # rasterized again: the float32 atomic sums may add in another order (rounding only)
+            np.testing.assert_allclose(pl.T.cpu().numpy(), T_on.cpu().numpy(), rtol=1e-5, atol=1e-7,
+                                       err_msg=stage)
+        else:  # from the cached path lengths: exactly the first image
+            assert torch.equal(pl.T, T_on), stage
     # the noise seed reruns only the imaging stage, and the same seed gives the same image
     n = (pl.n_rasterized, pl.n_physics, pl.n_imaging)
     st.set_param("seed", 8)

@@ -3,6 +3,7 @@ ideal (point source, noise-free primary, ideal detector) and "realistic" (focal-
 CsI flat panel with its MTF and quantum + electronic noise, kernel scatter through a grid).
 
     .venv/bin/python tools/phantom_figures.py [--out docs/figures] [--size 512] [--force]
+    .venv/bin/python tools/phantom_figures.py --write-scenes [--force]   # scenes/*-realistic.toml
 
 Writes phantom-{chest,pelvis}-{new,realistic}.png (8-bit). Both images of a scene share one
 grey-level window (the scene's ``[output] window``, or the 0.5-99.5 percentiles of the ideal
@@ -57,6 +58,27 @@ def realistic(data, name):
     return d
 
 
+def write_scenes(names, force=False):
+    """scenes/NAME-realistic.toml: the shipped scene file's table with :func:`realistic`'s keys."""
+    import tomli_w
+
+    for name in names:
+        path = ROOT / "scenes" / f"{name}.toml"
+        data = realistic(tomllib.loads(path.read_text()), name)
+        data["scene"] = dict(data.get("scene", {}), name=f"{data.get('scene', {}).get('name', name)}-realistic",
+                             description=data.get("scene", {}).get("description", "") +
+                             "; focal spot, CsI panel with blur and noise, kernel scatter through a 10:1 grid")
+        out = ROOT / "scenes" / f"{name}-realistic.toml"
+        if out.exists() and not force:
+            raise SystemExit(f"{out} exists (use --force)")
+        head = (f"# {path.name} with a realistic exposure: written by tools/phantom_figures.py --write-scenes\n"
+                f"# (edit {path.name} or tools/phantom_figures.py, then rerun it). Keys: docs/scene-format.md.\n"
+                f"#   taichi-xray render scenes/{out.name} -o {name}-realistic.png\n\n")
+        out.write_text(head + tomli_w.dumps(data))
+        print(f"wrote {out}")
+    return 0
+
+
 def main(argv=None):
     from taichi_xray.imageio import robust_window, save_png
     from taichi_xray.render import render
@@ -67,7 +89,11 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=512, help="detector pixels per side (default 512)")
     ap.add_argument("--scenes", default="thorax,pelvis", help="comma-separated: thorax, pelvis")
     ap.add_argument("--force", action="store_true", help="overwrite existing figures")
+    ap.add_argument("--write-scenes", action="store_true",
+                    help="write scenes/NAME-realistic.toml (the shipped scene plus the realistic keys) and stop")
     a = ap.parse_args(argv)
+    if a.write_scenes:
+        return write_scenes(a.scenes.split(","), a.force)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in a.scenes.split(","):

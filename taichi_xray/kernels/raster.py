@@ -51,6 +51,7 @@ ST_STRADDLE = 1  # faces crossing the source plane (not rasterized; the caller r
 N_STATUS = 2
 
 BOX_BLOCK = 4096  # vertices per block of the bounding-box reduction in raster_forward
+PROJ_BLOCK = 256  # CPU: vertices per work item of the projection loop in raster_forward (camera in registers)
 
 
 @ti.func
@@ -218,15 +219,131 @@ def _affine(face_lin: ti.template(), obj_xref: ti.template(), vs, li, j, o, cam:
     return al, be
 
 
+@ti.func
+def _raster_face(i, t, V: ti.template(), F: ti.template(), fid: ti.template(), face_obj: ti.template(),
+                 face_ch: ti.template(), face_w: ti.template(), face_bal: ti.template(), inst: ti.template(),
+                 cam: ti.template(), ref: ti.template(), proj: ti.template(), L: ti.template(), count: ti.template(),
+                 slot_face: ti.template(), slot_depth: ti.template(), balance: ti.template(), status: ti.template(),
+                 lin_idx: ti.template(), face_lin: ti.template(), obj_xref: ti.template(), H, W, K, J: ti.template(),
+                 store: ti.template(), track: ti.template(), pre: ti.template(), lin: ti.template(),
+                 real: ti.template()):
+    """Row t of the faces in instance i: project, cull, cover, and accumulate (see raster_forward)."""
+    vs = inst[i, 0]
+    cm = inst[i, 1]
+    f = fid[t]
+    i0 = F[t, 0]
+    i1 = F[t, 1]
+    i2 = F[t, 2]
+    u0, v0, w0, q0 = _fetch(V, proj, ref, i, vs, i0, cam, cm, pre, real)
+    u1, v1, w1, q1 = _fetch(V, proj, ref, i, vs, i1, cam, cm, pre, real)
+    u2, v2, w2, q2 = _fetch(V, proj, ref, i, vs, i2, cam, cm, pre, real)
+    if w0 <= 0 or w1 <= 0 or w2 <= 0:
+        o = face_obj[f]
+        if w0 <= 0 and w1 <= 0 and w2 <= 0:
+            ti.atomic_add(status[i, ST_BEHIND, o], 1)
+        else:
+            ti.atomic_add(status[i, ST_STRADDLE, o], 1)
+    else:
+        p0 = ti.Vector([u0, v0])
+        p1 = ti.Vector([u1, v1])
+        p2 = ti.Vector([u2, v2])
+        c0, c1, r0, r1 = _bounds(p0, p1, p2, H, W)
+        if c0 <= c1 and r0 <= r1:  # most faces of a fine mesh contain no pixel centre
+            s, area2 = _orientation(i0, i1, i2, p0, p1, p2, real)
+            if s != 0:  # seen edge-on: covers nothing
+                ax0, ay0, dx0, dy0, k0, tl0 = _edge_setup(i1, i2, p1, p2, s)
+                ax1, ay1, dx1, dy1, k1, tl1 = _edge_setup(i2, i0, p2, p0, s)
+                ax2, ay2, dx2, dy2, k2, tl2 = _edge_setup(i0, i1, p0, p1, s)
+                sg = s * cam[cm, 24]  # +1 where the ray leaves the mesh
+                # the ray's coefficients, read once per face (the atomic adds below keep the compiler
+                # from hoisting reads of the arrays out of the pixel loops)
+                m0 = cam[cm, 12]
+                m1 = cam[cm, 13]
+                m2 = cam[cm, 14]
+                m3 = cam[cm, 15]
+                m4 = cam[cm, 16]
+                m5 = cam[cm, 17]
+                m6 = cam[cm, 18]
+                m7 = cam[cm, 19]
+                m8 = cam[cm, 20]
+                # what depends on the face only is computed at its first covered pixel (most faces of a
+                # fine mesh cover none): the interpolation factors and the face's table rows
+                ready = 0
+                iw0 = ti.cast(0, real)
+                iw1 = ti.cast(0, real)
+                iw2 = ti.cast(0, real)
+                jw0 = ti.cast(0, real)
+                jw1 = ti.cast(0, real)
+                jw2 = ti.cast(0, real)
+                chv = ti.Vector([-1 for _ in ti.static(range(J))], dt=ti.i32)
+                wv = ti.Vector([ti.cast(0, real) for _ in ti.static(range(J))])
+                li = -1
+                bal = -1
+                for r in range(r0, r1 + 1):
+                    py = ti.cast(r, real)
+                    ca, cb = c0, c1
+                    if c1 - c0 > SPAN_MIN:  # a wide face: only the columns near its span on this row
+                        ca, cb = _span(ax0, ay0, dx0, dy0, k0, ax1, ay1, dx1, dy1, k1, ax2, ay2, dx2, dy2, k2,
+                                       py, c0, c1, real)
+                    for c in range(ca, cb + 1):
+                        px = ti.cast(c, real)
+                        e0 = _edge_value(ax0, ay0, dx0, dy0, k0, px, py)
+                        e1 = _edge_value(ax1, ay1, dx1, dy1, k1, px, py)
+                        e2 = _edge_value(ax2, ay2, dx2, dy2, k2, px, py)
+                        if _inside(e0, tl0) and _inside(e1, tl1) and _inside(e2, tl2):
+                            if ready == 0:
+                                ready = 1
+                                inv_a = 1 / ti.abs(area2)
+                                iw0 = inv_a / w0
+                                iw1 = inv_a / w1
+                                iw2 = inv_a / w2
+                                jw0 = iw0 * q0
+                                jw1 = iw1 * q1
+                                jw2 = iw2 * q2
+                                for j in ti.static(range(J)):
+                                    chv[j] = face_ch[t, j]
+                                    wv[j] = face_w[t, j]
+                                if ti.static(lin):
+                                    li = lin_idx[f]
+                                if ti.static(track):
+                                    bal = face_bal[t]
+                            dx = m0 * px + m1 * py + m2
+                            dy = m3 * px + m4 * py + m5
+                            dz = m6 * px + m7 * py + m8
+                            dl = ti.sqrt(dx * dx + dy * dy + dz * dz)
+                            S = e0 * iw0 + e1 * iw1 + e2 * iw2  # 1 / w
+                            sd = sg * dl / S
+                            sdr = sg * dl * (e0 * jw0 + e1 * jw1 + e2 * jw2) / S  # sign * (w - w0) |d|
+                            if li < 0:
+                                for j in ti.static(range(J)):
+                                    if chv[j] >= 0:
+                                        ti.atomic_add(L[i, chv[j], r, c], wv[j] * sdr)
+                            else:  # affine densities: sign * (tau alpha + tau^2 beta / 2)
+                                for j in ti.static(range(J)):
+                                    if chv[j] >= 0:
+                                        al, be = _affine(face_lin, obj_xref, vs, li, j, face_obj[f], cam, cm,
+                                                         ref, i, dx, dy, dz, dl, real)
+                                        tau = sg * sdr
+                                        ti.atomic_add(L[i, chv[j], r, c], sg * tau * (al + 0.5 * tau * be))
+                            if ti.static(store):
+                                k = ti.atomic_add(count[i, r, c], 1)
+                                if k < K:
+                                    slot_face[i, r, c, k] = f
+                                    slot_depth[i, r, c, k] = sd
+                            if ti.static(track):
+                                if bal >= 0:
+                                    ti.atomic_add(balance[i, bal, r, c], ti.cast(sg, ti.i32))
+
+
 @ti.kernel
 def raster_forward(
     V: ti.types.ndarray(),  # (S, N, 3) vertex sets, world mm
     F: ti.types.ndarray(),  # (M, 3) int32 faces in traversal order (rows of the faces, possibly reordered)
-    fid: ti.types.ndarray(),  # (M,) int32 face id of each row of F (the index into the face tables and slots)
+    fid: ti.types.ndarray(),  # (M,) int32 face id of each row of F (into the slots, face_obj and lin_idx)
     face_obj: ti.types.ndarray(),  # (M,) int32 object of every face
-    face_ch: ti.types.ndarray(),  # (M, J) int32 channel per weight (-1 = none)
-    face_w: ti.types.ndarray(),  # (M, J) weights
-    face_bal: ti.types.ndarray(),  # (M,) int32 balance-tracking index (-1 = none); read when track != 0
+    face_ch: ti.types.ndarray(),  # (M, J) int32 channel per weight (-1 = none), rows in traversal order (as F)
+    face_w: ti.types.ndarray(),  # (M, J) weights, rows in traversal order (as F)
+    face_bal: ti.types.ndarray(),  # (M,) int32 balance-tracking index (-1 = none), traversal order; read when track
     inst: ti.types.ndarray(),  # (I, 2) int32: vertex set, camera
     cam: ti.types.ndarray(),  # (n_cams, CAM_WIDTH)
     ref: ti.types.ndarray(),  # (I, 4) out: reference point c (mm) and its depth w0 per instance
@@ -246,6 +363,7 @@ def raster_forward(
     track: ti.template(),
     pre: ti.template(),
     lin: ti.template(),
+    cpu: ti.template(),  # 1: loops shaped for CPU threads (blocks of vertices, faces outer); 0: GPU
     real: ti.template(),
 ):
     """One launch over (instance, face): project, cull, cover, and accumulate signed depths.
@@ -254,9 +372,11 @@ def raster_forward(
     memset-speed library calls); status is cleared here. The kernel first computes
     ``ref`` (the centre of each instance's vertex set's bounding box and its depth),
     reduced per block of vertices in a fixed order (exact: min and max do not round).
-    ``F`` may hold the faces in another order than the face tables (rows sorted so that
+    ``F`` may hold the faces in another order than the face ids (rows sorted so that
     consecutive faces share vertices: the vertex gathers then hit the cache); ``fid``
-    maps each row to its face id, which indexes the tables and goes into the slots. With ``store``, each covering face also takes a slot
+    maps each row to its face id, which goes into the slots and indexes ``face_obj`` and
+    ``lin_idx``; ``face_ch``, ``face_w`` and ``face_bal`` are given in the order of ``F``
+    (read sequentially, once per face, at its first covered pixel). With ``store``, each covering face also takes a slot
     (face id, signed depth) from the per-pixel counter; slots beyond K are dropped (the
     caller reads the largest count and grows K). With ``track``, faces whose
     ``face_bal`` is >= 0 add their sign to that balance image (open meshes). With
@@ -311,89 +431,50 @@ def raster_forward(
             for e in ti.static(range(N_STATUS)):
                 status[i, e, q] = 0
     if ti.static(pre):
-        for i, k in ti.ndrange(inst.shape[0], V.shape[1]):
-            u, v, w = _project(V, inst[i, 0], k, cam, inst[i, 1], real)
-            proj[i, k, 0] = u
-            proj[i, k, 1] = v
-            proj[i, k, 2] = w
-            proj[i, k, 3] = _rel_depth(V, inst[i, 0], k, cam, inst[i, 1], ref, i, real)
-    for i, t in ti.ndrange(inst.shape[0], F.shape[0]):
-        vs = inst[i, 0]
-        cm = inst[i, 1]
-        f = fid[t]
-        i0 = F[t, 0]
-        i1 = F[t, 1]
-        i2 = F[t, 2]
-        u0, v0, w0, q0 = _fetch(V, proj, ref, i, vs, i0, cam, cm, pre, real)
-        u1, v1, w1, q1 = _fetch(V, proj, ref, i, vs, i1, cam, cm, pre, real)
-        u2, v2, w2, q2 = _fetch(V, proj, ref, i, vs, i2, cam, cm, pre, real)
-        if w0 <= 0 or w1 <= 0 or w2 <= 0:
-            o = face_obj[f]
-            if w0 <= 0 and w1 <= 0 and w2 <= 0:
-                ti.atomic_add(status[i, ST_BEHIND, o], 1)
-            else:
-                ti.atomic_add(status[i, ST_STRADDLE, o], 1)
-        else:
-            p0 = ti.Vector([u0, v0])
-            p1 = ti.Vector([u1, v1])
-            p2 = ti.Vector([u2, v2])
-            c0, c1, r0, r1 = _bounds(p0, p1, p2, H, W)
-            if c0 <= c1 and r0 <= r1:  # most faces of a fine mesh contain no pixel centre
-                s, area2 = _orientation(i0, i1, i2, p0, p1, p2, real)
-                if s != 0:  # seen edge-on: covers nothing
-                    ax0, ay0, dx0, dy0, k0, tl0 = _edge_setup(i1, i2, p1, p2, s)
-                    ax1, ay1, dx1, dy1, k1, tl1 = _edge_setup(i2, i0, p2, p0, s)
-                    ax2, ay2, dx2, dy2, k2, tl2 = _edge_setup(i0, i1, p0, p1, s)
-                    inv_a = 1 / ti.abs(area2)
-                    iw0 = inv_a / w0
-                    iw1 = inv_a / w1
-                    iw2 = inv_a / w2
-                    jw0 = iw0 * q0
-                    jw1 = iw1 * q1
-                    jw2 = iw2 * q2
-                    sg = s * cam[cm, 24]  # +1 where the ray leaves the mesh
-                    for r in range(r0, r1 + 1):
-                        py = ti.cast(r, real)
-                        ca, cb = c0, c1
-                        if c1 - c0 > SPAN_MIN:  # a wide face: only the columns near its span on this row
-                            ca, cb = _span(ax0, ay0, dx0, dy0, k0, ax1, ay1, dx1, dy1, k1, ax2, ay2, dx2, dy2, k2,
-                                           py, c0, c1, real)
-                        for c in range(ca, cb + 1):
-                            px = ti.cast(c, real)
-                            e0 = _edge_value(ax0, ay0, dx0, dy0, k0, px, py)
-                            e1 = _edge_value(ax1, ay1, dx1, dy1, k1, px, py)
-                            e2 = _edge_value(ax2, ay2, dx2, dy2, k2, px, py)
-                            if _inside(e0, tl0) and _inside(e1, tl1) and _inside(e2, tl2):
-                                dx, dy, dz = _ray(cam, cm, px, py)
-                                dl = ti.sqrt(dx * dx + dy * dy + dz * dz)
-                                S = e0 * iw0 + e1 * iw1 + e2 * iw2  # 1 / w
-                                sd = sg * dl / S
-                                sdr = sg * dl * (e0 * jw0 + e1 * jw1 + e2 * jw2) / S  # sign * (w - w0) |d|
-                                li = -1
-                                if ti.static(lin):
-                                    li = lin_idx[f]
-                                if li < 0:
-                                    for j in ti.static(range(J)):
-                                        ch = face_ch[f, j]
-                                        if ch >= 0:
-                                            ti.atomic_add(L[i, ch, r, c], face_w[f, j] * sdr)
-                                else:  # affine densities: sign * (tau alpha + tau^2 beta / 2)
-                                    for j in ti.static(range(J)):
-                                        ch = face_ch[f, j]
-                                        if ch >= 0:
-                                            al, be = _affine(face_lin, obj_xref, vs, li, j, face_obj[f], cam, cm, ref, i,
-                                                             dx, dy, dz, dl, real)
-                                            tau = sg * sdr
-                                            ti.atomic_add(L[i, ch, r, c], sg * tau * (al + 0.5 * tau * be))
-                                if ti.static(store):
-                                    k = ti.atomic_add(count[i, r, c], 1)
-                                    if k < K:
-                                        slot_face[i, r, c, k] = f
-                                        slot_depth[i, r, c, k] = sd
-                                if ti.static(track):
-                                    b = face_bal[f]
-                                    if b >= 0:
-                                        ti.atomic_add(balance[i, b, r, c], ti.cast(sg, ti.i32))
+        # parallel over blocks of vertices (CPU: PROJ_BLOCK; GPU: a thread per vertex), the camera and
+        # reference point of each instance read once per block
+        pblock = ti.static(PROJ_BLOCK if cpu else 1)
+        for kb in range((V.shape[1] + pblock - 1) // pblock):
+            k_end = ti.min(V.shape[1], (kb + 1) * pblock)
+            for i in range(inst.shape[0]):
+                vs = inst[i, 0]
+                cm = inst[i, 1]
+                # same arithmetic as _project and _rel_depth
+                a0 = cam[cm, 0]
+                a1 = cam[cm, 1]
+                a2 = cam[cm, 2]
+                a3 = cam[cm, 3]
+                a4 = cam[cm, 4]
+                a5 = cam[cm, 5]
+                a6 = cam[cm, 6]
+                a7 = cam[cm, 7]
+                a8 = cam[cm, 8]
+                a9 = cam[cm, 9]
+                a10 = cam[cm, 10]
+                a11 = cam[cm, 11]
+                rx = ref[i, 0]
+                ry = ref[i, 1]
+                rz = ref[i, 2]
+                for k in range(kb * pblock, k_end):
+                    x = ti.cast(V[vs, k, 0], real)
+                    y = ti.cast(V[vs, k, 1], real)
+                    z = ti.cast(V[vs, k, 2], real)
+                    h0 = a0 * x + a1 * y + a2 * z + a3
+                    h1 = a4 * x + a5 * y + a6 * z + a7
+                    w = a8 * x + a9 * y + a10 * z + a11
+                    proj[i, k, 0] = h0 / w
+                    proj[i, k, 1] = h1 / w
+                    proj[i, k, 2] = w
+                    proj[i, k, 3] = a8 * (x - rx) + a9 * (y - ry) + a10 * (z - rz)
+    if ti.static(cpu):  # parallel over faces, the instances of a face in turn (an ndrange divides per item)
+        for t in range(F.shape[0]):
+            for i in range(inst.shape[0]):
+                _raster_face(i, t, V, F, fid, face_obj, face_ch, face_w, face_bal, inst, cam, ref, proj, L, count, slot_face, slot_depth, balance,
+                         status, lin_idx, face_lin, obj_xref, H, W, K, J, store, track, pre, lin, real)
+    else:  # a GPU thread per (instance, face)
+        for i, t in ti.ndrange(inst.shape[0], F.shape[0]):
+            _raster_face(i, t, V, F, fid, face_obj, face_ch, face_w, face_bal, inst, cam, ref, proj, L, count, slot_face, slot_depth, balance,
+                         status, lin_idx, face_lin, obj_xref, H, W, K, J, store, track, pre, lin, real)
 
 
 @ti.kernel

@@ -570,17 +570,25 @@ class KernelScatterModel:
         i1 = torch.clamp(torch.bucketize(Tc.detach(), tg, right=False), 1, G)  # tg[i1-1] < T <= tg[i1]
         lo = tg[i1 - 1]
         frac = (Tc - lo) / (tg[i1] - lo)
-        q = torch.zeros((B, G + 1, H, W), dtype=P.dtype, device=P.device)
-        q = q.scatter(1, i1[:, None], (P * frac)[:, None])
-        q = q.scatter_add(1, (i1 - 1)[:, None], (P * (1 - frac))[:, None])
-        q = q[:, 1:]  # (B, G, H, W)
-        if self.gamma != 0:  # second source set P t for the asymmetric term
-            q = torch.cat([q, q * Tc[:, None]], dim=1)
+        # the groups' sources pooled onto the coarse grid in one pass: each fine pixel adds its two
+        # hat-weighted shares to (group, coarse cell), i.e. avg_pool2d of the zero-padded per-group
+        # images without building them at full resolution (the same sums, G times less memory traffic)
         Hp, Wp = -(-H // fy) * fy, -(-W // fx) * fx
-        if (Hp, Wp) != (H, W):
-            q = F.pad(q, (0, Wp - W, 0, Hp - H))
-        q = F.avg_pool2d(q, (fy, fx)) if (fy, fx) != (1, 1) else q
-        h, w = q.shape[-2], q.shape[-1]
+        h, w = Hp // fy, Wp // fx
+        cell = ((torch.arange(H, device=P.device) // fy)[:, None] * w
+                + (torch.arange(W, device=P.device) // fx)[None, :]).reshape(1, -1)  # (1, H W)
+        sets = 2 if self.gamma != 0 else 1  # second source set P t for the asymmetric term
+        hi_part, lo_part = (P * frac).reshape(B, -1), (P * (1 - frac)).reshape(B, -1)
+        src = [hi_part, lo_part]
+        idx = [(i1.reshape(B, -1)) * (h * w) + cell, (i1.reshape(B, -1) - 1) * (h * w) + cell]
+        if sets == 2:
+            tflat = Tc.reshape(B, -1)
+            src += [hi_part * tflat, lo_part * tflat]
+            off = (G + 1) * h * w
+            idx += [idx[0] + off, idx[1] + off]
+        q = torch.zeros((B, sets * (G + 1) * h * w), dtype=P.dtype, device=P.device)
+        q = q.scatter_add(1, torch.cat(idx, 1), torch.cat(src, 1)) / (fy * fx)
+        q = q.reshape(B, sets, G + 1, h, w)[:, :, 1:].reshape(B, sets * G, h, w)  # group 0: no scatter
         if self.eta != 0:
             # pencils where the object's thickness changes fast sit near its lateral surface, where
             # scatter escapes sideways: their amplitude is divided by 1 + eta |grad t| (coarse grid)

@@ -1,0 +1,131 @@
+"""Face tables kept with a Mesh (rasterize() caches the packing, the traversal order and the per-object
+tables on the Mesh) and face tables read in traversal order by the forward kernel (rasterize._FaceTables):
+a later call must never be served another mesh's tables, and per-face weights and balance indices must
+follow their faces when the faces are traversed in another order."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import taichi_xray as tx
+from taichi_xray.rasterize import REORDER_FACES, Rasterizer
+
+RADIUS = 40.0
+
+
+def scattered_icosphere(level):
+    """Icosphere subdivided all faces at once (children of a face far apart: the rasterizer reorders it)."""
+    from taichi_xray.primitives import icosphere
+
+    V, F = icosphere(1.0, 0)
+    for _ in range(level):
+        e = F[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 3, 2)
+        uniq, inv = np.unique(np.sort(e, axis=2).reshape(-1, 2), axis=0, return_inverse=True)
+        inv = inv.reshape(-1, 3) + len(V)
+        mid = V[uniq[:, 0]] + V[uniq[:, 1]]
+        V = np.vstack([V, mid / np.linalg.norm(mid, axis=1, keepdims=True)])
+        a, b, c = F[:, 0], F[:, 1], F[:, 2]
+        ab, bc, ca = inv[:, 0], inv[:, 1], inv[:, 2]
+        F = np.concatenate([np.stack(t, axis=1) for t in ((a, ab, ca), (b, bc, ab), (c, ca, bc), (ab, bc, ca))])
+    return V * RADIUS, F
+
+
+@pytest.fixture(scope="module")
+def scene():
+    V, F = scattered_icosphere(6)  # 81920 faces
+    assert len(F) >= REORDER_FACES
+    cam = tx.Camera.c_arm(sid=400.0, sdd=600.0, width=40, height=36, pixel_spacing=2.5, radiological=False)
+    return V, F, cam
+
+
+def test_fresh_calls_on_a_mesh_reuse_its_tables_and_other_meshes_get_their_own(scene):
+    V, F, cam = scene
+    a = tx.Mesh(V, F, "a")
+    r1 = tx.rasterize(a, cam, keep_slots=False)
+    r2 = tx.rasterize(a, cam, keep_slots=False)
+    assert r2._rasterizer._ft is r1._rasterizer._ft  # cached with the Mesh
+    assert r1._rasterizer._F_run is not r1._rasterizer.F  # reordered
+    assert torch.equal(r1.L, r2.L)
+    # same shapes, other faces (reflected sphere, faces flipped to stay outward): not served a's tables
+    b = tx.Mesh(V * np.array([1.0, 1.0, -1.0]), F[:, ::-1], "b")
+    rb = tx.rasterize(b, cam, keep_slots=False, check_balance=True)
+    assert rb._rasterizer._ft is not r1._rasterizer._ft
+    assert torch.equal(rb.faces.cpu(), torch.as_tensor(F[:, ::-1].astype(np.int32)))
+    assert rb.n_fixed.sum() == 0  # watertight and outward with b's own faces
+    # a list [a, c] then [a, a] (c: a shifted 12 mm): the packing cached on a is for the exact list
+    c = tx.Mesh(V + np.array([12.0, 0.0, 0.0]), F, "c")
+    rc = tx.rasterize(c, cam, keep_slots=False)
+    rac = tx.rasterize([a, c], cam, keep_slots=False)
+    raa = tx.rasterize([a, a], cam, keep_slots=False)
+    assert rac._rasterizer._ft is not raa._rasterizer._ft
+    assert np.abs(rc.L.numpy()[0] - r1.L.numpy()[0]).max() > 5.0  # c's image differs from a's
+    for q in (0, 1):
+        np.testing.assert_allclose(raa.L[q].numpy(), r1.L.numpy()[0], atol=1e-3)
+    np.testing.assert_allclose(rac.L[0].numpy(), r1.L.numpy()[0], atol=1e-3)
+    np.testing.assert_allclose(rac.L[1].numpy(), rc.L.numpy()[0], atol=1e-3)
+    r3 = tx.rasterize(a, cam, keep_slots=False)  # a alone again after [a, a]
+    assert r3._rasterizer._ft is r1._rasterizer._ft and len(r3.faces) == len(F)
+    np.testing.assert_array_equal(r3.L.numpy(), r1.L.numpy())
+
+
+def test_per_face_weights_follow_their_faces_in_traversal_order(scene):
+    """Random per-face weights on a reordered mesh against the same faces given in an order that is kept
+    (so the tables are read by face id): every pixel sums the same two weighted terms."""
+    V, F, cam = scene
+    rng = np.random.default_rng(3)
+    w = rng.uniform(0.5, 2.0, (len(F), 2))
+    ch = np.stack([np.zeros(len(F)), np.where(rng.random(len(F)) < 0.5, 1, -1)], 1).astype(np.int32)
+    key = np.minimum(np.minimum(F[:, 0], F[:, 1]), F[:, 2])
+    perm = np.argsort(key, kind="stable")
+    Vt = torch.tensor(V[None], dtype=torch.float64)
+    out = []
+    for faces, cc, ww in ((F, ch, w), (F[perm], ch[perm], w[perm])):
+        M = len(faces)
+        rz = Rasterizer(faces, np.zeros(M, np.int32), cc, ww, 2, [cam], dtype=torch.float64)
+        out.append((rz, rz.forward(Vt, keep_slots=True)))
+    (rz0, s0), (rz1, s1) = out
+    assert rz0._F_run is not rz0.F and rz1._F_run is rz1.F
+    np.testing.assert_allclose(s0.L.numpy(), s1.L.numpy(), rtol=1e-12, atol=1e-12)
+    # independent reference from the slots: sum over each pixel's faces of w x (signed depth - w0 |d|)
+    d = cam.pixel_rays(normalize=False)
+    dl = np.linalg.norm(d, axis=-1)
+    w0 = s0.ref.numpy()[0, 3]
+    n = s0.count.numpy()[0]
+    ref = np.zeros((2,) + n.shape)
+    for k in range(int(n.max())):
+        m = n > k
+        f = s0.slot_face.numpy()[0][..., k][m]
+        sd = s0.slot_depth.numpy()[0][..., k][m]
+        sdr = sd - np.sign(sd) * w0 * dl[m]
+        for j in range(2):
+            c = ch[f, j]
+            for q in (0, 1):
+                sel = c == q
+                ref[q][tuple(a[sel] for a in np.nonzero(m))] += w[f[sel], j] * sdr[sel]
+    np.testing.assert_allclose(s0.L.numpy()[0], ref, atol=1e-9)
+    # new weights after construction follow the faces too
+    rz0.set_weights(ch, 2 * w)
+    s2 = rz0.forward(Vt, keep_slots=False)
+    np.testing.assert_allclose(s2.L.numpy(), 2 * s1.L.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_balance_of_an_open_reordered_mesh(scene):
+    """An open mesh's balance indices are read in traversal order: the same unbalanced pixels as the
+    same faces in an order that is kept."""
+    V, F, cam = scene
+    keep = np.ones(len(F), bool)
+    keep[np.argsort(V[F].mean(1)[:, 1])[-400:]] = False  # a hole on the side facing the source
+    G = F[keep]
+    key = np.minimum(np.minimum(G[:, 0], G[:, 1]), G[:, 2])
+    H = G[np.argsort(key, kind="stable")]
+    res = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for faces in (G, H):
+            r = tx.rasterize(tx.Mesh(V, faces, "open"), cam, keep_slots=False, fix_unbalanced=False)
+            res.append(r)
+    assert res[0]._rasterizer._F_run is not res[0]._rasterizer.F and res[1]._rasterizer._F_run is res[1]._rasterizer.F
+    assert res[0].n_fixed[0] > 20
+    assert res[0].n_fixed[0] == res[1].n_fixed[0]
+    np.testing.assert_array_equal(res[0].flags.numpy(), res[1].flags.numpy())
