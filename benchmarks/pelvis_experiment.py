@@ -227,18 +227,10 @@ def summarize(rows):
 
 # ----------------------------------------------------------------------------- figure
 def local_ngc_map(a, b, sigma=2.0):
-    """Local NGC: Gaussian-windowed correlation of the Sobel gradients of a and b, averaged over x and y, (H, W)."""
-    from scipy.ndimage import gaussian_filter, sobel
+    """Local NGC map (H, W) of the registration figure: :func:`taichi_xray.fit.scene_register.local_ngc_map`."""
+    from taichi_xray.fit.scene_register import local_ngc_map as _local_ngc_map
 
-    out = 0.0
-    for ax in (0, 1):
-        ga, gb = sobel(a, axis=ax), sobel(b, axis=ax)
-        ma, mb = gaussian_filter(ga, sigma), gaussian_filter(gb, sigma)
-        cov = gaussian_filter(ga * gb, sigma) - ma * mb
-        va = gaussian_filter(ga * ga, sigma) - ma * ma
-        vb = gaussian_filter(gb * gb, sigma) - mb * mb
-        out = out + cov / np.sqrt(np.maximum(va * vb, 1e-12))
-    return 0.5 * out
+    return _local_ngc_map(a, b, sigma)
 
 
 def figure(S, rows, path):

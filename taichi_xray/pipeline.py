@@ -101,11 +101,6 @@ class VolumeObject:
             self.name = self.volume.name
 
 
-
-def _writable(a):
-    """``a`` itself, or a copy when it is a read-only numpy array (torch warns on those)."""
-    return np.array(a) if isinstance(a, np.ndarray) and not a.flags.writeable else a
-
 def material_key(m: Material):
     """Materials with the same key share a channel (name, density and composition)."""
     return (m.name, round(m.density, 9), tuple(sorted((k, round(v, 12)) for k, v in m.composition.items())))
@@ -546,8 +541,8 @@ class Pipeline:
                                                  device=dev) * s[so]
                 if tm.kind == "constant":
                     d = densities.get(p, densities.get(self.names[p]))
-                    d = torch.as_tensor(_writable(tm.densities if d is None else d), device=dev).to(dtype)
-                    jm = constant_jumps(d, torch.as_tensor(_writable(tm.face_tets), device=dev))[torch.as_tensor(keep)]
+                    d = (self._tet_tensor(p, "densities", dev) if d is None else torch.as_tensor(d, device=dev)).to(dtype)
+                    jm = constant_jumps(d, self._tet_tensor(p, "face_tets", dev))[torch.as_tensor(keep)]
                     rows[:, :B] = jm * s[p]
             W = W.index_copy(0, torch.as_tensor(sel, device=dev), rows)
         if self.linear_tets:
@@ -559,11 +554,11 @@ class Pipeline:
                 lin_idx[sel] = n + np.arange(len(sel))
                 n += len(sel)
                 a, b = self.vertex_offsets[p], self.vertex_offsets[p + 1]
-                Vp = (torch.as_tensor(_writable(tm.vertices)) if vertices is None else vertices[a:b]).to(device=dev, dtype=dtype)
+                Vp = (self._tet_tensor(p, "vertices", dev) if vertices is None else vertices[a:b]).to(device=dev, dtype=dtype)
                 xr = Vp.detach().mean(0)
                 d = densities.get(p, densities.get(self.names[p]))
-                d = torch.as_tensor(_writable(tm.densities if d is None else d), device=dev).to(dtype)
-                jl = linear_jumps(Vp, torch.as_tensor(_writable(tm.tets), device=dev), d, torch.as_tensor(_writable(tm.face_tets), device=dev),
+                d = (self._tet_tensor(p, "densities", dev) if d is None else torch.as_tensor(d, device=dev)).to(dtype)
+                jl = linear_jumps(Vp, self._tet_tensor(p, "tets", dev), d, self._tet_tensor(p, "face_tets", dev),
                                   xr)[torch.as_tensor(keep)]
                 B = len(tm.basis)
                 tab = torch.zeros((len(sel), J, 4), dtype=dtype, device=dev)
@@ -575,6 +570,17 @@ class Pipeline:
                 X = X.index_copy(1, torch.as_tensor([p], device=dev), xr[None, None])
             lin_tabs = (lin_idx, torch.cat(tabs)[None], X)
         return ch, W, lin_tabs
+
+    def _tet_tensor(self, p: int, name: str, dev) -> torch.Tensor:
+        """A tetrahedral object's static array (``tets``, ``face_tets``, ``densities``, ``vertices``) as a
+        torch tensor on ``dev``, made once: the face tables are rebuilt per call when vertices or
+        densities move, these inputs are not."""
+        cache = self.__dict__.setdefault("_tet_tensors", {})
+        key = (p, name, str(dev))
+        t = cache.get(key)
+        if t is None:
+            t = cache[key] = torch.tensor(np.asarray(getattr(self.tets[p][0], name)), device=dev)
+        return t
 
     def _face_tables(self, dtype):
         ch, w = self.object_weights()
@@ -640,9 +646,9 @@ class Pipeline:
             if is_t:
                 Vp = vertices[a:b].to(torch.float64)
                 xr = Vp.mean(0)
-                dens = torch.as_tensor(_writable(tm.densities), dtype=torch.float64, device=Vp.device)
-                jl = linear_jumps(Vp, torch.as_tensor(_writable(tm.tets), device=Vp.device), dens,
-                                  torch.as_tensor(_writable(tm.face_tets), device=Vp.device), xr)[torch.as_tensor(keep)]
+                dens = self._tet_tensor(p, "densities", Vp.device).to(torch.float64)
+                jl = linear_jumps(Vp, self._tet_tensor(p, "tets", Vp.device), dens,
+                                  self._tet_tensor(p, "face_tets", Vp.device), xr)[torch.as_tensor(keep)]
             else:
                 xr = np.asarray(tm.vertices, np.float64).mean(0)
                 jl = torch.as_tensor(tm.linear_jumps(xr)[0][keep])
@@ -817,6 +823,37 @@ class Pipeline:
                                                step_mm=vo.step_mm, dtype=dtype)
         return self._vproj[key]
 
+    def volume_poses(self, poses) -> dict:
+        """``{volume name or index: (6,) pose or None}`` -> ``{volume index: pose}``, checked: an unknown
+        name or index, a volume given twice, or a pose that is not 6 numbers is an error (never ignored)."""
+        if poses is None:
+            return {}
+        if not isinstance(poses, dict):
+            raise TypeError(f"volume_poses must be a dict {{volume name or index: (6,) tensor}}, got "
+                            f"{type(poses).__name__}")
+        names = [vo.name for vo in self.volumes]
+        if poses and not names:
+            raise ValueError("volume_poses given, but there are no volumes")
+        out = {}
+        for key, pose in poses.items():
+            if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+                if not 0 <= int(key) < len(names):
+                    raise ValueError(f"volume_poses: volume index {key} is out of range (0..{len(names) - 1})")
+                k = int(key)
+            elif isinstance(key, str):
+                if key not in names:
+                    raise ValueError(f"volume_poses: no volume named {key!r} (volumes: {', '.join(names)})")
+                k = names.index(key)
+            else:
+                raise TypeError(f"volume_poses keys must be volume names or indices, got {type(key).__name__}")
+            if k in out:
+                raise ValueError(f"volume_poses gives volume {names[k]!r} twice (by name and by index)")
+            if pose is not None and tuple(torch.as_tensor(pose).shape) != (6,):
+                raise ValueError(f"volume_poses[{key!r}] must have shape (6,) (rotation vector rad, translation mm), "
+                                 f"got {tuple(torch.as_tensor(pose).shape)}")
+            out[k] = pose
+        return out
+
     def volume_channels_image(self, dtype, st: RasterState, poses=None, slot_depth=None) -> torch.Tensor:
         """(I, C, H, W): every volume's basis-material line integrals in their channels, left out along
         the meshes inside it (from the state's slots; ``slot_depth`` a differentiable copy), minus the
@@ -828,15 +865,10 @@ class Pipeline:
         H, W = self.image_shape
         I = len(self._raster_instances)
         out = torch.zeros((I, self.n_channels, H, W), dtype=dtype, device=runtime.torch_device())
-        poses = dict(poses or {})
-        known = set(range(len(self.volumes))) | {vo.name for vo in self.volumes}
-        unknown = [k for k in poses if k not in known]
-        if unknown:
-            raise KeyError(f"volume_poses names no volume of this pipeline: {unknown}; volumes: "
-                           f"{[vo.name for vo in self.volumes] or 'none'} (or their indices)")
+        poses = self.volume_poses(poses)
         for k, vo in enumerate(self.volumes):
             proj = self.volume_projector(k, dtype)
-            pose = poses.get(k, poses.get(vo.name))
+            pose = poses.get(k)
             kids = [p for p, kk in self.in_volume.items() if kk == k]
             mesh = None
             if kids:
@@ -1012,6 +1044,8 @@ class Pipeline:
         (``densities = {object name or index: (T, B) or (N, B) tensor}``) and to the poses of
         volumes (``volume_poses = {volume name or index: (6,) rotation vector rad, translation mm}``)."""
         from .torch.function import PipelineFunction
+
+        volume_poses = self.volume_poses(volume_poses)  # checked before anything is rendered
 
         parts = [vertices] if isinstance(vertices, torch.Tensor) and vertices.ndim == 2 and self.n_objects == 1 \
             else list(vertices)

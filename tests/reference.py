@@ -83,3 +83,21 @@ def box_chord(lo, hi, source, dirs, A=None):
     tmin = np.nanmax(np.minimum(t1, t2), axis=-1)
     tmax = np.nanmin(np.maximum(t1, t2), axis=-1)
     return np.maximum(tmax - np.maximum(tmin, 0), 0)
+
+
+def scattered_icosphere(level, radius=1.0):
+    """Unit icosphere subdivided all faces at once, times ``radius``: consecutive faces lie on
+    different icosahedron faces, far apart in the vertex array (the order the rasterizer reorders)."""
+    from taichi_xray.primitives import icosphere as _ico
+
+    V, F = _ico(1.0, 0)
+    for _ in range(level):
+        e = F[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 3, 2)
+        uniq, inv = np.unique(np.sort(e, axis=2).reshape(-1, 2), axis=0, return_inverse=True)
+        inv = inv.reshape(-1, 3) + len(V)
+        mid = V[uniq[:, 0]] + V[uniq[:, 1]]
+        V = np.vstack([V, mid / np.linalg.norm(mid, axis=1, keepdims=True)])
+        a, b, c = F[:, 0], F[:, 1], F[:, 2]
+        ab, bc, ca = inv[:, 0], inv[:, 1], inv[:, 2]
+        F = np.concatenate([np.stack(t, axis=1) for t in ((a, ab, ca), (b, bc, ab), (c, ca, bc), (ab, bc, ca))])
+    return V * radius, F

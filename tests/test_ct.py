@@ -390,3 +390,16 @@ def test_real_pelvis_ct():
     assert np.median(L[1][bone_px]) > 2 * np.median(L[1][~bone_px])
     # radiological view: the patient's left hip (+x) appears on the image's right
     assert uv[: len(meshes["hip_left"].vertices), 0].mean() > 64
+
+
+def test_fractions_cannot_go_stale_on_the_device():
+    """project() keeps a device copy of the fractions: editing them in place raises instead of
+    silently projecting the old values; a new array is projected."""
+    vol = CTVolume(np.zeros((6, 5, 4)), make_affine((4.0, 4.0, 4.0)), space="LPS")
+    cam = Camera.c_arm(sid=300.0, sdd=500.0, width=8, height=8, pixel_spacing=4.0)
+    a = vol.project(cam).copy()
+    assert a[0].max() > 5  # water (HU 0) along the rays
+    with pytest.raises(ValueError, match="read-only"):
+        vol.fractions[..., 0] = 2.0
+    vol.fractions = np.ascontiguousarray(2 * vol.fractions)
+    np.testing.assert_allclose(vol.project(cam), 2 * a, rtol=1e-6, atol=1e-6)

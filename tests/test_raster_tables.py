@@ -9,26 +9,14 @@ import pytest
 import torch
 
 import taichi_xray as tx
+from reference import scattered_icosphere as _scattered
 from taichi_xray.rasterize import REORDER_FACES, Rasterizer
 
 RADIUS = 40.0
 
 
 def scattered_icosphere(level):
-    """Icosphere subdivided all faces at once (children of a face far apart: the rasterizer reorders it)."""
-    from taichi_xray.primitives import icosphere
-
-    V, F = icosphere(1.0, 0)
-    for _ in range(level):
-        e = F[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 3, 2)
-        uniq, inv = np.unique(np.sort(e, axis=2).reshape(-1, 2), axis=0, return_inverse=True)
-        inv = inv.reshape(-1, 3) + len(V)
-        mid = V[uniq[:, 0]] + V[uniq[:, 1]]
-        V = np.vstack([V, mid / np.linalg.norm(mid, axis=1, keepdims=True)])
-        a, b, c = F[:, 0], F[:, 1], F[:, 2]
-        ab, bc, ca = inv[:, 0], inv[:, 1], inv[:, 2]
-        F = np.concatenate([np.stack(t, axis=1) for t in ((a, ab, ca), (b, bc, ab), (c, ca, bc), (ab, bc, ca))])
-    return V * RADIUS, F
+    return _scattered(level, RADIUS)
 
 
 @pytest.fixture(scope="module")

@@ -89,3 +89,11 @@ def test_volume_pose_is_recovered_by_gradient_descent():
         opt.step()
     got = (p * scale).detach()
     assert torch.abs(got[3:] - true[3:]).max() < 0.5 and torch.abs(got[:3] - true[:3]).max() < np.deg2rad(0.5), got
+    # a pose for a volume the pipeline does not have, given twice, or of the wrong shape is an error,
+    # never a render without the pose
+    for bad, msg in (({"cx": true}, "no volume named 'cx'"), ({1: true}, "out of range"),
+                     ({"ct": true, 0: true}, "twice"), ({"ct": true[:3]}, r"shape \(6,\)")):
+        with pytest.raises(ValueError, match=msg):
+            pipe.render_torch([], volume_poses=bad)
+    with pytest.raises(TypeError, match="dict"):
+        pipe.render_torch([], volume_poses=[true])

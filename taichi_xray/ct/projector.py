@@ -54,6 +54,7 @@ import os
 import numpy as np
 
 from ..runtime import ensure_init
+from ..runtime import torch_device as runtime_device
 from .labels import nifti_affine_to_lps
 
 __all__ = ["CTVolume", "hu_to_materials", "HU_BONE_DEFAULT"]
@@ -98,7 +99,8 @@ class CTVolume:
 
     Attributes
     ----------
-    fractions : (X, Y, Z, 2) float32, [..., 0] water, [..., 1] bone.
+    fractions : (X, Y, Z, 2) float32, [..., 0] water, [..., 1] bone (read-only: assign a new array
+        to change it; the projector keeps a device copy of it).
     affine : (4, 4) float64, voxel index -> LPS mm.
     spacing : (3,) voxel size in mm.
     """
@@ -120,6 +122,7 @@ class CTVolume:
         self.shape = tuple(int(s) for s in h.shape)
         self.hu_bone = float(hu_bone)
         self.fractions = np.ascontiguousarray(hu_to_materials(h, hu_bone))
+        self.fractions.flags.writeable = False  # the device copy is made once: replace the array to change it
         self.spacing = np.linalg.norm(self.affine[:3, :3], axis=0)
 
     @classmethod
@@ -191,9 +194,17 @@ class CTVolume:
         from ..objects.volume_project import VolumeProjector
 
         ensure_init()
-        vol = Volume(np.zeros(self.shape, np.float32), self.affine, space="LPS")
+        # the grid and the fractions on the kernels' device, made once (again only if fractions or
+        # affine are replaced): no full-size allocation or host->device copy per call
+        key = (id(self.fractions), self.affine.tobytes())
+        cache = getattr(self, "_device", None)
+        if cache is None or cache[0] != key:
+            vol = Volume(np.zeros(self.shape, np.float32), self.affine, space="LPS")
+            dens = torch.tensor(np.asarray(self.fractions, np.float32),
+                                   device=runtime_device())
+            cache = self._device = (key, vol, dens)
+        _, vol, dens = cache
         proj = VolumeProjector(vol, camera, hu_conversion="water_bone", method="trilinear", step_mm=step_mm)
-        dens = torch.as_tensor(np.ascontiguousarray(self.fractions, np.float32), device=proj.device)
         with torch.no_grad():
             res = proj(densities=dens)[0]
         if isinstance(out, np.ndarray):

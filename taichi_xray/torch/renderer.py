@@ -146,37 +146,8 @@ class XRayRenderer(nn.Module):
         return self._scaled[factor]
 
     # ------------------------------------------------------------------ call
-    def _check_volume_poses(self, volume_poses) -> dict | None:
-        if volume_poses is None:
-            return None
-        if not isinstance(volume_poses, dict):
-            raise TypeError(f"volume_poses must be a dict {{volume name or index: (6,) tensor}}, got "
-                            f"{type(volume_poses).__name__}")
-        names = self.volume_names
-        if volume_poses and not names:
-            raise ValueError("volume_poses given, but the renderer has no volumes")
-        seen = set()
-        for key, pose in volume_poses.items():
-            if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-                if not 0 <= int(key) < len(names):
-                    raise ValueError(f"volume_poses: volume index {key} is out of range (0..{len(names) - 1})")
-                k = int(key)
-            elif isinstance(key, str):
-                if key not in names:
-                    raise ValueError(f"volume_poses: no volume named {key!r} (volumes: {', '.join(names)})")
-                k = names.index(key)
-            else:
-                raise TypeError(f"volume_poses keys must be volume names or indices, got {type(key).__name__}")
-            if k in seen:
-                raise ValueError(f"volume_poses gives volume {names[k]!r} twice (by name and by index)")
-            seen.add(k)
-            if pose is not None and tuple(torch.as_tensor(pose).shape) != (6,):
-                raise ValueError(f"volume_poses[{key!r}] must have shape (6,) (rotation vector rad, translation mm), "
-                                 f"got {tuple(torch.as_tensor(pose).shape)}")
-        return volume_poses
-
     def forward(self, vertices: Sequence[torch.Tensor], mu_scale=None, volume_poses=None) -> torch.Tensor:
-        volume_poses = self._check_volume_poses(volume_poses)
+        volume_poses = self.pipeline.volume_poses(volume_poses) or None  # checked before anything runs
         if isinstance(vertices, torch.Tensor):
             vertices = [vertices]
         vertices = list(vertices)
