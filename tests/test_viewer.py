@@ -419,23 +419,21 @@ def test_viewer_imaging_switches(imaging_scene):
         assert np.abs(off - T_on.cpu().numpy()).max() > 1e-5, stage  # the switch does something
         st.set_param(stage, True)
         pl.update(st)
-        if dr:  # rasterized again: the float32 atomic sums may add in another order (rounding only)
-            np.testing.assert_allclose(pl.T.cpu().numpy(), T_on.cpu().numpy(), rtol=1e-5, atol=1e-7,
-                                       err_msg=stage)
-        else:  # from the cached path lengths: exactly the first image
-            assert torch.equal(pl.T, T_on), stage
+        # any stage run again may add its atomic / threaded sums in another order: the first image to rounding
+        np.testing.assert_allclose(pl.T.cpu().numpy(), T_on.cpu().numpy(), rtol=1e-5, atol=1e-7, err_msg=stage)
     # the noise seed reruns only the imaging stage, and the same seed gives the same image
     n = (pl.n_rasterized, pl.n_physics, pl.n_imaging)
     st.set_param("seed", 8)
     assert "imaging" in pl.update(st) and (pl.n_rasterized, pl.n_physics, pl.n_imaging) == (n[0], n[1], n[2] + 1)
-    assert not torch.equal(pl.T, T_on)
+    assert np.abs(pl.T.cpu().numpy() - T_on.cpu().numpy()).max() > 1e-3  # another noise realisation
     st.set_param("seed", 7)
     pl.update(st)
-    assert torch.equal(pl.T, T_on)
+    np.testing.assert_allclose(pl.T.cpu().numpy(), T_on.cpu().numpy(), rtol=1e-5, atol=1e-7)
     # photons belong to the viewer's own Poisson noise, unused with the detector's noise
     st.set_param("photons", 50.0)
     pl.update(st)
-    assert torch.equal(pl.T, T_on) and pl.n_imaging == n[2] + 2
+    np.testing.assert_allclose(pl.T.cpu().numpy(), T_on.cpu().numpy(), rtol=1e-5, atol=1e-7)
+    assert pl.n_imaging == n[2] + 2
 
 
 def test_viewer_imaging_without_detector_noise(imaging_scene):
