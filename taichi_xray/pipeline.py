@@ -56,6 +56,7 @@ import torch
 
 from . import runtime
 from .camera import Camera
+from .kernels import buffers as kb
 from .kernels import physics as kp
 from .kernels.launch import LaunchCache
 from .mesh import Mesh, MeshWarning
@@ -673,16 +674,19 @@ class Pipeline:
             X[0, p] = torch.as_tensor(xr, dtype=torch.float64, device=face_lin.device)
         return lin_idx, face_lin, X
 
-    def rasterizer(self, dtype=None) -> Rasterizer:
+    def rasterizer(self, dtype=None, resident: bool = False) -> Rasterizer:
+        """The pipeline's :class:`Rasterizer` of ``dtype``; ``resident=True``: the one whose tables and
+        buffers are ``ti.ndarray`` on the device (:meth:`render` on Vulkan/Metal), a separate instance."""
         dtype = dtype or self.dtype
-        if dtype not in self._rz:
+        key = (dtype, bool(resident))
+        if key not in self._rz:
             ch, w = self._face_tables(dtype)
             rz = Rasterizer(self.faces, self.face_obj, ch, w, self.n_channels, self._ray_cameras,
                             self._raster_instances, open_objects=self.open_objects, names=self.names,
-                            dtype=dtype, K=self.K, deterministic=self.deterministic)
-            self._rz[dtype] = rz
+                            dtype=dtype, K=self.K, deterministic=self.deterministic, resident=bool(resident))
+            self._rz[key] = rz
             self._set_linear(rz)
-        return self._rz[dtype]
+        return self._rz[key]
 
     def _set_linear(self, rz, vertices=None):
         tabs = self._linear_tables(vertices)
@@ -774,9 +778,22 @@ class Pipeline:
 
     # ------------------------------------------------------------------ stages
     def project(self, V: torch.Tensor, keep_slots: bool = False, check_balance: bool = False,
-                tag: str = "", volume_poses=None, with_volumes: bool = True) -> RasterState:
-        """Stage 1 (+ volumes and the air term): channel images (I, C, H, W) of vertex sets V (S, N, 3)."""
-        self._check_pending(V)
+                tag: str = "", volume_poses=None, with_volumes: bool = True, resident: bool = False) -> RasterState:
+        """Stage 1 (+ volumes and the air term): channel images (I, C, H, W) of vertex sets V (S, N, 3).
+
+        resident : use the device-resident rasterizer (:meth:`rasterizer`): the state's L, count and
+            slots are ``ti.ndarray`` (for :meth:`physics`, or :func:`~taichi_xray.kernels.buffers.to_torch`);
+            mesh scenes only (:meth:`resident_ok`)."""
+        if resident and not self.resident_ok():
+            raise ValueError("resident projection takes mesh scenes without volumes (see Pipeline.resident_ok)")
+        if kb.is_nd(V):  # vertices already on the device (the Taichi tape)
+            if not resident:
+                raise TypeError("a ti.ndarray of vertices needs resident=True")
+            if self._pending:
+                self._check_pending(kb.to_torch(V))
+        else:
+            self._check_pending(V)
+        dt = kb.torch_dtype(V)
         if not len(self.faces):  # volumes only
             H, W = self.image_shape
             I = len(self._raster_instances)
@@ -792,7 +809,7 @@ class Pipeline:
                 st.L[:, self.air_channel] += ray[torch.as_tensor(self._raster_instances[:, 1], device=dev)]
             self._last_L = st.L
             return st
-        rz = self.rasterizer(V.dtype)
+        rz = self.rasterizer(dt, resident)
         want_check = self.mode == "materials" and (self.check_nesting_mode == "always" or
                                                    (self.check_nesting_mode == "once" and not self._checked))
         slots = keep_slots or want_check or bool(self.in_volume)
@@ -803,11 +820,26 @@ class Pipeline:
         if self.volumes and with_volumes:
             with torch.no_grad():
                 st.L += self.volume_channels_image(st.L.dtype, st, volume_poses)
-        if self.air_channel is not None:
+        if self.air_channel is not None and resident:
+            pool = self._dev_pool()
+            ray = pool.resident_copy(("ray", dt), self.ray_lengths(dt, runtime.torch_device()))
+            cam_of = pool.resident_copy("inst_cam", torch.as_tensor(rz.inst_np[:, 1]))
+            self._launch("air", kb.add_air, st.L, ray, cam_of, int(self.air_channel))
+        elif self.air_channel is not None:
             ray = self.ray_lengths(V.dtype, st.L.device)
             st.L[:, self.air_channel] += ray[torch.as_tensor(rz.inst_np[:, 1], device=ray.device)]
         self._last_L = st.L
         return st
+
+    def resident_ok(self) -> bool:
+        """Whether :meth:`render` can keep this scene on the device (meshes, no volumes)."""
+        return len(self.faces) > 0 and not self.volumes
+
+    def _dev_pool(self):
+        pool = self.__dict__.get("_pool")
+        if pool is None:
+            pool = self._pool = kb.BufferPool(True)
+        return pool
 
     # ------------------------------------------------------------------ volumes
     def volume_projector(self, k: int, dtype):
@@ -886,7 +918,7 @@ class Pipeline:
     def check_nesting(self, state: RasterState) -> list[str]:
         """Find objects outside their parent or overlapping others in ``state``'s slots;
         raise, warn or allow as ``overlap`` says. Returns the messages."""
-        rz = self.rasterizer(state.V.dtype)
+        rz = self.rasterizer(kb.torch_dtype(state.V), state.resident)
         conf = rz.nesting_conflicts(state, self.parents, self.nesting_tol_mm, self.face_interior)
         msgs = []
         done = set()
@@ -923,7 +955,24 @@ class Pipeline:
         return out
 
     def physics(self, L: torch.Tensor) -> torch.Tensor:
-        """Stage 3: Beer-Lambert sums (B, I, H, W) from channel images L (I, C, H, W) (no gradient)."""
+        """Stage 3: Beer-Lambert sums (B, I, H, W) from channel images L (I, C, H, W) (no gradient).
+
+        L may be a ``ti.ndarray`` (a resident :meth:`project`): the tables and the sums then stay on the
+        device and the sums come back in one download (torch, host). With the heel effect (weights per
+        view) L is downloaded first and the torch path runs."""
+        if kb.is_nd(L):
+            dt = self.physics_dtype or kb.torch_dtype(L)
+            dev = runtime.torch_device()
+            if self.imaging.heel:
+                L = kb.to_torch(L, dev)
+            else:
+                mu, w, _ = self.physics_tables(dt, dev)
+                pool = self._dev_pool()
+                mu_d, w_d = pool.resident_copy(("mu", dt), mu), pool.resident_copy(("w", dt), w)
+                out = pool.get("bl_out", (w.shape[0], L.shape[0], L.shape[2], L.shape[3]), dt, zero=True)
+                self._launch("bl_res", kp.beer_lambert, L, mu_d, w_d, out, self.n_channels, int(w.shape[0]),
+                             self.imaging.rows_mode)
+                return kb.to_torch(out, dev)
         dt = self.physics_dtype or L.dtype
         mu, w, _ = self.physics_tables(dt, L.device)
         out = torch.zeros((w.shape[0], L.shape[0], L.shape[2], L.shape[3]), dtype=dt, device=L.device)
@@ -1007,6 +1056,8 @@ class Pipeline:
         from .physics.scatter import water_equivalent_thickness
 
         L = self._last_L
+        if kb.is_nd(L):  # a resident render: downloaded once
+            L = self._last_L = kb.to_torch(L, runtime.torch_device())
         i = int(np.flatnonzero(self._inst_owner == u)[0])
         e = float(self.spectrum.mean_energy())
         mus = np.array([float(m.mu([e])[0]) for m in self.channel_materials])
@@ -1018,17 +1069,26 @@ class Pipeline:
     # ------------------------------------------------------------------ whole renders
     def render(self, vertices=None, *, kind: str | None = None, timings: bool = False) -> torch.Tensor:
         """Forward only: images (I, H, W) of the requested kind (channels (I, C, H, W) for
-        ``path_length``), torch, on the kernels' device; no gradient."""
+        ``path_length``), torch, on the kernels' device; no gradient.
+
+        Device residency (:func:`taichi_xray.runtime.resident`: Vulkan, Metal, OpenGL/GLES or
+        ``TAICHI_XRAY_RESIDENT=1``), for mesh scenes (:meth:`resident_ok`): faces, face tables,
+        cameras, the rasterizer's buffers, the air term, the Beer-Lambert tables and sums are
+        ``ti.ndarray`` on the device; per call the vertices are uploaded (not when ``vertices`` is
+        None and the scene's vertices were uploaded before) and the Beer-Lambert sums (or the path
+        lengths) come back in one download; the imaging stage (detector, output kind) then runs in
+        torch on the host."""
         t0 = time.perf_counter()
-        V = self.pack_vertices(vertices)
-        st = self.project(V)
+        res = runtime.resident() and self.resident_ok()
+        V = self._default_packed() if (res and vertices is None) else self.pack_vertices(vertices)
+        st = self.project(V, resident=res)
         self._last_L = st.L
         if timings:
             _sync()
         t1 = time.perf_counter()
         kind = kind or self.output
         if self.mode == "objects" or kind == "path_length":
-            out = st.L
+            out = kb.to_torch(st.L, runtime.torch_device())
         else:
             with torch.no_grad():
                 out = self.output_image(self.physics(st.L), kind)
@@ -1036,6 +1096,14 @@ class Pipeline:
             _sync()
             self.timings = {"rasterize": (t1 - t0) * 1e3, "physics": (time.perf_counter() - t1) * 1e3}
         return out
+
+    def _default_packed(self) -> torch.Tensor:
+        """pack_vertices(None), the same tensor while the scene's vertices are the same (so that the
+        resident rasterizer does not upload them again)."""
+        hit = self.__dict__.get("_Vdef")
+        if hit is None or hit[0] is not self.default_vertices or hit[1].dtype != self.dtype:
+            hit = self._Vdef = (self.default_vertices, self.pack_vertices(None))
+        return hit[1]
 
     def render_torch(self, vertices, mu_scale=None, densities=None, volume_poses=None) -> torch.Tensor:
         """Differentiable render: P vertex tensors (N_p, 3) or (S, N_p, 3) -> (I, H, W) images of
@@ -1101,16 +1169,35 @@ class Pipeline:
         ``ti.ad.grad_replaced`` (its backward is the hand-written z-buffer gradient over the
         saved slots) and Beer-Lambert as a plain kernel (Taichi's autodiff): after the tape,
         ``V.grad`` holds dLoss/dV. V and out must be torch tensors with requires_grad=True
-        (Taichi keeps their gradients in ``.grad``); every gradient buffer must be zero
-        before the tape (Taichi accumulates)."""
+        (Taichi keeps their gradients in ``.grad``), or both ``ti.ndarray`` with needs_grad=True: the
+        resident path (Vulkan/Metal, :func:`taichi_xray.runtime.resident`; mesh scenes), where the
+        rasterizer, its gradient and Beer-Lambert read and write only device arrays. Every gradient
+        buffer must be zero before the tape (Taichi accumulates)."""
         if self.mode != "materials":
             raise ValueError("taichi_forward needs a pipeline with materials")
         L = self._tape_buffer(V)
         _raster_taped(self, V, L)
-        mu, w, _ = self.physics_tables(self.physics_dtype or V.dtype, V.device)
+        if kb.is_nd(V):
+            dt = self.physics_dtype or kb.torch_dtype(V)
+            mu, w, _ = self.physics_tables(dt, runtime.torch_device())
+            pool = self._dev_pool()
+            mu, w = pool.resident_copy(("mu", dt), mu), pool.resident_copy(("w", dt), w)
+        else:
+            mu, w, _ = self.physics_tables(self.physics_dtype or V.dtype, V.device)
         kp.beer_lambert(L, mu, w, out, self.n_channels, int(w.shape[0]), 0)
 
     def _tape_buffer(self, V):
+        if kb.is_nd(V):  # resident: V, out and L are ti.ndarray with gradients
+            if not self.resident_ok():
+                raise ValueError("a resident Taichi tape takes mesh scenes without volumes")
+            dt = kb.torch_dtype(V)
+            rz = self.rasterizer(dt, True)
+            shape = (len(rz.inst_np), self.n_channels, rz.H, rz.W)
+            L = self.__dict__.get("_tape_L_nd")
+            if L is None or tuple(L.shape) != shape or L.dtype != kb.TI_DTYPE[dt]:
+                L = self._tape_L_nd = ti.ndarray(kb.TI_DTYPE[dt], shape, needs_grad=True)
+            L.grad.fill(0)
+            return L
         rz = self.rasterizer(V.dtype)
         shape = (len(rz.inst_np), self.n_channels, rz.H, rz.W)
         L = self.__dict__.get("_tape_L")
@@ -1126,15 +1213,22 @@ class Pipeline:
 
 @ti.ad.grad_replaced
 def _raster_taped(pipe: Pipeline, V: torch.Tensor, L: torch.Tensor) -> None:
-    st = pipe.project(V.detach(), keep_slots=True, tag="tape")
-    with torch.no_grad():
-        L.copy_(st.L)
+    if kb.is_nd(V):  # resident: the device's vertices, the device's path lengths
+        st = pipe.project(V, keep_slots=True, tag="tape", resident=True)
+        L.copy_from(st.L)
+    else:
+        st = pipe.project(V.detach(), keep_slots=True, tag="tape")
+        with torch.no_grad():
+            L.copy_(st.L)
     pipe._tape_state = st
 
 
 @ti.ad.grad_for(_raster_taped)
 def _raster_taped_grad(pipe: Pipeline, V: torch.Tensor, L: torch.Tensor) -> None:
     st = pipe._tape_state
+    if kb.is_nd(V):
+        pipe.rasterizer(kb.torch_dtype(V), True).backward(st, L.grad, grad_V=V.grad)
+        return
     if V.grad is None:
         V.grad = torch.zeros_like(V)
     pipe.rasterizer(V.dtype).backward(st, L.grad, grad_V=V.grad)

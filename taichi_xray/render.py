@@ -22,6 +22,7 @@ import torch
 from . import runtime
 from .camera import Camera
 from .imageio import robust_window, to_uint
+from .kernels.buffers import to_numpy
 from .physics.materials import get_material
 from .pipeline import NESTING_TOL_MM, NestingError, NestingWarning, Pipeline, _sync, material_key
 from .scene import Scene, load_scene
@@ -173,7 +174,7 @@ def render(scene, camera: Camera | None = None, arch: str | None = None, *, spec
 
     t0 = time.perf_counter()
     V = pipeline.pack_vertices()
-    st = pipeline.project(V)
+    st = pipeline.project(V, resident=runtime.resident() and pipeline.resident_ok())
     _sync()
     timings["rasterize"] = (time.perf_counter() - t0) * 1e3
 
@@ -183,7 +184,7 @@ def render(scene, camera: Camera | None = None, arch: str | None = None, *, spec
     timings["physics"] = (time.perf_counter() - t0) * 1e3
 
     t0 = time.perf_counter()
-    _, _, I0 = pipeline.physics_tables(pipeline.physics_dtype, st.L.device)
+    _, _, I0 = pipeline.physics_tables(pipeline.physics_dtype, runtime.torch_device())
     if pipeline.imaging.active:  # source, scatter and detector model: the reading and its flat field
         with torch.no_grad():
             I = pipeline.output_image(raw, "intensity")[0].cpu().numpy().astype(np.float64)
@@ -211,7 +212,7 @@ def render(scene, camera: Camera | None = None, arch: str | None = None, *, spec
     image = {"line_integral": LI, "transmission": T, "intensity": I}[out.kind]
     window = robust_window(image) if out.window is None else tuple(out.window)
     pixels = to_uint(image, out.bits, window, out.invert)
-    Lm = st.L[0].detach().cpu().numpy().copy()
+    Lm = to_numpy(st.L)[0].copy()  # one download when the path lengths stayed on the device
     timings["output"] = (time.perf_counter() - t0) * 1e3
     per = None
     if per_object:

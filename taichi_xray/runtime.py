@@ -35,6 +35,18 @@ imported first (too late for that), :func:`init` on the CPU limits torch to
 one intra-op thread (the heavy work runs in Taichi) unless
 ``TAICHI_XRAY_KEEP_TORCH_THREADS=1``; either way the import order does not
 change the speed.
+
+Device residency (:func:`resident`): on Vulkan, Metal and OpenGL/GLES, Taichi
+copies every torch or numpy array argument host -> device before each launch
+and back after it (torch has no tensors on those devices). On these backends
+the rasterizer and the physics stage of :meth:`Pipeline.render
+<taichi_xray.pipeline.Pipeline.render>` (and the Taichi-tape fit,
+:class:`~taichi_xray.fit.taichi_fit.TaichiPoseLoss`) keep their arrays as ``ti.ndarray``
+allocated once on the device (see :mod:`taichi_xray.kernels.buffers`), so per
+frame only the vertices go in and the image comes out (docs/backends.md). ``TAICHI_XRAY_RESIDENT=1``
+forces it on any backend (``0`` turns it off); the variable is read once, when
+Taichi is initialised. CPU and CUDA do not need it (torch tensors already live
+where the kernels run) and keep torch buffers.
 """
 from __future__ import annotations
 
@@ -56,7 +68,8 @@ _ARCHES = {
     "x64": "cpu",
     "arm64": "cpu",
 }
-_state = {"arch": None}
+_state = {"arch": None, "resident": False}
+_RESIDENT_ARCHES = ("vulkan", "metal", "opengl", "gles")
 
 
 class BackendError(RuntimeError):
@@ -162,6 +175,10 @@ def init(arch: str | None = None, *, debug: bool = False, verbose: bool = False)
         if reasons:
             log.info("taichi_xray: no GPU backend (%s); running on the CPU", "; ".join(reasons))
     _state["arch"] = got
+    forced = os.environ.get("TAICHI_XRAY_RESIDENT", "").strip().lower()
+    if forced not in ("", "0", "1", "true", "false", "yes", "no", "on", "off"):
+        raise ValueError(f"TAICHI_XRAY_RESIDENT must be 0 or 1, got {forced!r}")
+    _state["resident"] = (forced in ("1", "true", "yes", "on")) if forced else got in _RESIDENT_ARCHES
     if got == "cpu":
         _limit_torch_threads()
     if requested == "auto" or verbose:
@@ -196,6 +213,13 @@ def ensure_init() -> str:
 def arch() -> str | None:
     """The backend in use (``None`` before initialisation)."""
     return _state["arch"]
+
+
+def resident() -> bool:
+    """Whether the kernels' persistent arrays are ``ti.ndarray`` kept on the device (Vulkan, Metal,
+    OpenGL/GLES, or ``TAICHI_XRAY_RESIDENT=1``, read at initialisation); initialises Taichi if needed."""
+    ensure_init()
+    return _state["resident"]
 
 
 def torch_device() -> str:

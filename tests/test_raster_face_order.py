@@ -1,5 +1,7 @@
 """The forward kernel traverses large meshes in a cache-friendly face order (rasterize._face_order):
 face ids in the slots, coverage and path lengths must not depend on it."""
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from taichi_xray.rasterize import REORDER_FACES
 
 pytestmark = pytest.mark.filterwarnings("error::taichi_xray.mesh.MeshWarning")
 
+_txr = importlib.import_module("taichi_xray.rasterize")  # the module (tx.rasterize is the function)
 RADIUS = 40.0
 
 
@@ -51,14 +54,36 @@ def test_large_scattered_mesh_is_reordered_and_slots_hold_user_face_ids(scene):
         np.testing.assert_allclose(r.slot_depth.numpy()[rows, cols, k], np.where(nd > 0, t, -t), atol=2e-3)
 
 
-def test_path_lengths_do_not_depend_on_the_face_order(scene):
+def test_spatial_order_tables(scene):
+    """The traversal order is a permutation of the faces, rows unchanged, and the projection buffer's
+    positions are a permutation of the vertices that the rows read in nearly sequential order."""
+    V, F, cam = scene
+    ft = tx.rasterize(tx.Mesh(V, F, "sphere"), cam, keep_slots=False)._rasterizer._ft
+    order, F_run = ft.fid.numpy(), ft.F_run.numpy()
+    assert sorted(order) == list(range(len(F)))
+    np.testing.assert_array_equal(F_run, F[order])
+    vpos = ft.vpos.numpy()
+    assert sorted(vpos) == list(range(len(V)))
+    np.testing.assert_array_equal(ft.F_pos.numpy(), vpos[F_run])
+    # consecutive faces read nearby positions (the user's order of this mesh scatters them)
+    step = np.median(np.abs(np.diff(ft.F_pos.numpy().min(1).astype(np.int64))))
+    step_user = np.median(np.abs(np.diff(F.min(1).astype(np.int64))))
+    assert step <= 8 and step_user > 50
+    # consecutive faces lie side by side: mean centroid step well below the sphere's size
+    c = V[F_run].mean(1)
+    assert np.linalg.norm(np.diff(c, axis=0), axis=1).mean() < 0.05 * RADIUS
+
+
+def test_path_lengths_do_not_depend_on_the_face_order(scene, monkeypatch):
     V, F, cam = scene
     L = tx.path_length(tx.Mesh(V, F, "sphere"), cam)
-    key = np.minimum(np.minimum(F[:, 0], F[:, 1]), F[:, 2])
-    G = F[np.argsort(key, kind="stable")]  # already local: kept as given
-    rz = tx.rasterize(tx.Mesh(V, G, "sphere"), cam)._rasterizer
-    assert rz._F_run is rz.F
-    np.testing.assert_allclose(tx.path_length(tx.Mesh(V, G, "sphere"), cam), L, atol=1e-4)
+    with monkeypatch.context() as mp:  # the faces traversed as given
+        mp.setattr(_txr, "REORDER_FACES", 10 ** 9)
+        r = tx.rasterize(tx.Mesh(V, F, "sphere"), cam)
+        assert r._rasterizer._F_run is r._rasterizer.F and r._rasterizer._ft.vpos is None
+        np.testing.assert_allclose(r.numpy()[0], L, atol=1e-4)
+        np.testing.assert_array_equal(r.count.numpy() > 0, tx.rasterize(tx.Mesh(V, F, "sphere"), cam)
+                                      .count.numpy() > 0)  # and it covers the same pixels
     Ld = tx.rasterize(tx.Mesh(V, F, "sphere"), cam, deterministic=True).numpy()[0]
     np.testing.assert_allclose(Ld, L, atol=1e-3)
     # and the chord of the ideal sphere away from the silhouette (polyhedron within 0.05 % of R)

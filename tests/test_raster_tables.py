@@ -2,6 +2,7 @@
 tables on the Mesh) and face tables read in traversal order by the forward kernel (rasterize._FaceTables):
 a later call must never be served another mesh's tables, and per-face weights and balance indices must
 follow their faces when the faces are traversed in another order."""
+import importlib
 import warnings
 
 import numpy as np
@@ -12,6 +13,7 @@ import taichi_xray as tx
 from reference import scattered_icosphere as _scattered
 from taichi_xray.rasterize import REORDER_FACES, Rasterizer
 
+_txr = importlib.import_module("taichi_xray.rasterize")  # the module (tx.rasterize is the function)
 RADIUS = 40.0
 
 
@@ -57,21 +59,21 @@ def test_fresh_calls_on_a_mesh_reuse_its_tables_and_other_meshes_get_their_own(s
     np.testing.assert_array_equal(r3.L.numpy(), r1.L.numpy())
 
 
-def test_per_face_weights_follow_their_faces_in_traversal_order(scene):
+def test_per_face_weights_follow_their_faces_in_traversal_order(scene, monkeypatch):
     """Random per-face weights on a reordered mesh against the same faces given in an order that is kept
     (so the tables are read by face id): every pixel sums the same two weighted terms."""
     V, F, cam = scene
     rng = np.random.default_rng(3)
     w = rng.uniform(0.5, 2.0, (len(F), 2))
     ch = np.stack([np.zeros(len(F)), np.where(rng.random(len(F)) < 0.5, 1, -1)], 1).astype(np.int32)
-    key = np.minimum(np.minimum(F[:, 0], F[:, 1]), F[:, 2])
-    perm = np.argsort(key, kind="stable")
     Vt = torch.tensor(V[None], dtype=torch.float64)
     out = []
-    for faces, cc, ww in ((F, ch, w), (F[perm], ch[perm], w[perm])):
-        M = len(faces)
-        rz = Rasterizer(faces, np.zeros(M, np.int32), cc, ww, 2, [cam], dtype=torch.float64)
-        out.append((rz, rz.forward(Vt, keep_slots=True)))
+    for kept in (False, True):
+        with monkeypatch.context() as mp:
+            if kept:  # the faces traversed as given
+                mp.setattr(_txr, "REORDER_FACES", 10 ** 9)
+            rz = Rasterizer(F, np.zeros(len(F), np.int32), ch, w, 2, [cam], dtype=torch.float64)
+            out.append((rz, rz.forward(Vt, keep_slots=True)))
     (rz0, s0), (rz1, s1) = out
     assert rz0._F_run is not rz0.F and rz1._F_run is rz1.F
     np.testing.assert_allclose(s0.L.numpy(), s1.L.numpy(), rtol=1e-12, atol=1e-12)
@@ -98,22 +100,48 @@ def test_per_face_weights_follow_their_faces_in_traversal_order(scene):
     np.testing.assert_allclose(s2.L.numpy(), 2 * s1.L.numpy(), rtol=1e-12, atol=1e-12)
 
 
-def test_balance_of_an_open_reordered_mesh(scene):
+def test_balance_of_an_open_reordered_mesh(scene, monkeypatch):
     """An open mesh's balance indices are read in traversal order: the same unbalanced pixels as the
     same faces in an order that is kept."""
     V, F, cam = scene
     keep = np.ones(len(F), bool)
     keep[np.argsort(V[F].mean(1)[:, 1])[-400:]] = False  # a hole on the side facing the source
     G = F[keep]
-    key = np.minimum(np.minimum(G[:, 0], G[:, 1]), G[:, 2])
-    H = G[np.argsort(key, kind="stable")]
     res = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for faces in (G, H):
-            r = tx.rasterize(tx.Mesh(V, faces, "open"), cam, keep_slots=False, fix_unbalanced=False)
+        for kept in (False, True):
+            with monkeypatch.context() as mp:
+                if kept:  # the faces traversed as given
+                    mp.setattr(_txr, "REORDER_FACES", 10 ** 9)
+                r = tx.rasterize(tx.Mesh(V, G, "open"), cam, keep_slots=False, fix_unbalanced=False)
             res.append(r)
     assert res[0]._rasterizer._F_run is not res[0]._rasterizer.F and res[1]._rasterizer._F_run is res[1]._rasterizer.F
     assert res[0].n_fixed[0] > 20
     assert res[0].n_fixed[0] == res[1].n_fixed[0]
     np.testing.assert_array_equal(res[0].flags.numpy(), res[1].flags.numpy())
+
+
+def test_path_length_keeps_its_rasterizer_with_the_mesh(scene):
+    """path_length() reuses the rasterizer kept with the Mesh (no allocation or binding after the first
+    call) and still returns a new array every call, equal to a fresh rasterization."""
+    V, F, cam = scene
+    m = tx.Mesh(V, F, "kept")
+    cam2 = tx.Camera.c_arm(sid=400.0, sdd=600.0, width=40, height=36, pixel_spacing=2.5, radiological=False,
+                           lao=30.0, isocenter=(12.0, 0.0, 6.0))
+    a = tx.path_length(m, cam)
+    pk = next(iter(m.__dict__["_tx_prepared"]["packed"].values()))[1]
+    kept = pk.kept[(36, 40, torch.float32)]
+    b = tx.path_length(m, cam2)
+    c = tx.path_length(m, cam)
+    assert pk.kept[(36, 40, torch.float32)]._rasterizer is kept._rasterizer  # reused, not rebuilt
+    assert not np.shares_memory(a, c) and not np.shares_memory(a, b)
+    np.testing.assert_allclose(c, a, atol=1e-4)  # the second view did not leak into the third call
+    fresh = tx.rasterize(m, cam2, keep_slots=False).numpy()[0]
+    np.testing.assert_allclose(b, fresh, atol=1e-4)
+    assert np.abs(b - a).max() > 10.0  # the second view sees the sphere shifted
+    # another size or dtype gets its own rasterizer
+    small = tx.Camera.c_arm(sid=400.0, sdd=600.0, width=20, height=18, pixel_spacing=5.0, radiological=False)
+    assert tx.path_length(m, small).shape == (18, 20)
+    assert tx.path_length(m, cam, dtype=torch.float64).dtype == np.float64
+    assert len(pk.kept) == 3

@@ -5,7 +5,10 @@ rigid pose, target)`` and its gradient w.r.t. the six pose parameters with one
 ``ti.ad.Tape``: the pose kernel, the rasterizer (its z-buffer gradient
 registered with ``ti.ad.grad_replaced`` / ``ti.ad.grad_for``), Beer-Lambert,
 the line integral, Sobel gradients and NGC are all Taichi kernels, and the
-tape runs their gradients in reverse. torch tensors only hold the arrays.
+tape runs their gradients in reverse. torch tensors only hold the arrays; on
+Vulkan/Metal (:func:`taichi_xray.runtime.resident`) they are ``ti.ndarray`` on the
+device instead, so an evaluation uploads the six parameters and reads back the
+loss and its gradient (and the image when asked), nothing else.
 The torch route (:func:`taichi_xray.fit.register`) computes the same loss and
 gradient through :class:`~taichi_xray.torch.XRayRenderer`; tests compare them.
 
@@ -18,6 +21,8 @@ import numpy as np
 import taichi as ti
 import torch
 
+from .. import runtime
+from ..kernels import buffers as kb
 from ..kernels import fit as kf
 from ..pipeline import Pipeline
 
@@ -85,21 +90,39 @@ class TaichiPoseLoss:
         self.loss = torch.zeros(1, requires_grad=True, **f64)
         self._I0 = pipeline.physics_tables(pdt, self.I.device)[2]
         self._bufs = [self.params, self.V, self.I, self.LI, self.gx, self.gy, self.sums, self.loss]
+        self.resident = runtime.resident() and pipeline.resident_ok()
+        if self.resident:  # the same arrays as ti.ndarray on the device (Vulkan/Metal)
+            def nd(t, grad):
+                a = ti.ndarray(kb.TI_DTYPE[t.dtype], tuple(t.shape), needs_grad=grad)
+                a.from_numpy(t.detach().cpu().numpy())
+                return a
+
+            for name in ("template", "centre", "moving", "mask", "tx", "ty"):
+                setattr(self, name, nd(getattr(self, name), False))
+            self._bufs = [nd(b, True) for b in self._bufs]
+            self.params, self.V, self.I, self.LI, self.gx, self.gy, self.sums, self.loss = self._bufs
 
     def __call__(self, params) -> tuple[float, np.ndarray]:
         p = np.asarray(params, np.float64)
         if p.shape != (6,) or not np.isfinite(p).all():
             raise ValueError(f"params must be 6 finite numbers (rotation vector deg, translation mm), got {p}")
-        with torch.no_grad():
-            self.params.copy_(torch.as_tensor(p))
+        if self.resident:
+            self.params.from_numpy(p)
             for b in self._bufs[1:]:
-                b.zero_()
-        for b in self._bufs:  # Taichi accumulates gradients: start from zero
-            if b.grad is None:
-                b.grad = torch.zeros_like(b)
-            else:
-                b.grad.zero_()
-        real = ti.f32 if self.V.dtype == torch.float32 else ti.f64
+                b.fill(0)
+            for b in self._bufs:  # Taichi accumulates gradients: start from zero
+                b.grad.fill(0)
+        else:
+            with torch.no_grad():
+                self.params.copy_(torch.as_tensor(p))
+                for b in self._bufs[1:]:
+                    b.zero_()
+            for b in self._bufs:  # Taichi accumulates gradients: start from zero
+                if b.grad is None:
+                    b.grad = torch.zeros_like(b)
+                else:
+                    b.grad.zero_()
+        real = kb.TI_DTYPE[kb.torch_dtype(self.V)]
         with ti.ad.Tape(loss=self.loss):
             kf.rigid_pose(self.template, self.params, self.centre, self.moving, self.V, real)
             self.pipe.taichi_forward(self.V, self.I)
@@ -107,11 +130,13 @@ class TaichiPoseLoss:
             kf.sobel(self.LI, self.gx, self.gy)
             kf.moments(self.gx, self.gy, self.tx, self.ty, self.mask, self.sums)
             kf.ngc_loss(self.sums, self.loss)
+        if self.resident:
+            return float(self.loss.to_numpy()[0]), self.params.grad.to_numpy().astype(np.float64)
         return float(self.loss.detach()[0]), self.params.grad.detach().cpu().numpy().copy()
 
     def image(self) -> np.ndarray:
         """The line integral (V, H, W) of the last evaluation."""
-        return self.LI.detach().cpu().numpy().copy()
+        return kb.to_numpy(self.LI).copy()
 
 
 class Adam:

@@ -34,6 +34,13 @@ except Exception:  # pragma: no cover - another Taichi version
     _OK = False
 
 
+try:
+    from torch import Tensor as _Tensor
+except ImportError:  # pragma: no cover - torch is a dependency
+    class _Tensor:  # noqa: D101 - never an instance
+        pass
+
+
 def supported() -> bool:
     return _OK
 
@@ -42,7 +49,11 @@ def _key(a):
     """Identity of an argument for :meth:`BoundLaunch.matches`."""
     if isinstance(a, (bool, int, float, np.number)):
         return ("s", type(a).__name__, a)
-    if hasattr(a, "data_ptr") and hasattr(a, "shape"):  # torch tensor
+    if isinstance(a, _Tensor):
+        rg = a.requires_grad
+        g = a.grad.data_ptr() if rg and a.grad is not None else 0
+        return ("t", a.data_ptr(), a.shape, a.dtype, rg, g)
+    if hasattr(a, "data_ptr") and hasattr(a, "shape"):  # another tensor type
         g = a.grad.data_ptr() if getattr(a, "grad", None) is not None else 0
         return ("t", a.data_ptr(), tuple(a.shape), str(a.dtype), bool(a.requires_grad), g)
     if isinstance(a, np.ndarray):
@@ -70,6 +81,7 @@ class BoundLaunch:
         t_kernel = k.compiled_kernels[key]
         ctx = t_kernel.make_launch_context()
         self.scalar_slots = {}
+        self.nd_slots = []
         slot = 0
         for arg, val in zip(k.arguments, args):
             anno = arg.annotation
@@ -85,10 +97,8 @@ class BoundLaunch:
                 self.scalar_slots[arg.name] = (idx, "i")
             elif isinstance(anno, _ndt.NdarrayType):
                 if isinstance(val, ti.lang._ndarray.Ndarray):
-                    if val.grad is not None:
-                        ctx.set_arg_ndarray_with_grad(idx, val.arr, val.grad.arr)
-                    else:
-                        ctx.set_arg_ndarray(idx, val.arr)
+                    self.nd_slots.append((idx, val))
+                    self._set_ndarray(ctx, idx, val)
                 else:
                     self._set_external(ctx, idx, val, anno)
             else:
@@ -97,6 +107,18 @@ class BoundLaunch:
         prog = _impl.get_runtime().prog
         self._prog = prog
         self.compiled = prog.compile_kernel(prog.config(), prog.get_device_caps(), t_kernel)
+        # Taichi 1.7.4's LLVM launchers (CPU, CUDA) replace an ndarray argument's device allocation in
+        # the context by its address when launching, so a second launch of the same context read an
+        # address as an allocation (crash): they are set again before every launch there (~3-6 us each).
+        # The gfx runtime (Vulkan, Metal, OpenGL) reads them without changing them.
+        self._reset_nd = self.nd_slots if _impl.current_cfg().arch in (ti.x64, ti.arm64, ti.cuda) else []
+
+    @staticmethod
+    def _set_ndarray(ctx, idx, val):
+        if val.grad is not None:
+            ctx.set_arg_ndarray_with_grad(idx, val.arr, val.grad.arr)
+        else:
+            ctx.set_arg_ndarray(idx, val.arr)
 
     @staticmethod
     def _set_external(ctx, idx, v, anno):
@@ -132,6 +154,8 @@ class BoundLaunch:
                 self.ctx.set_arg_float(idx, float(val))
             else:
                 self.ctx.set_arg_int(idx, int(val))
+        for idx, val in self._reset_nd:
+            self._set_ndarray(self.ctx, idx, val)
         self._prog.launch_kernel(self.compiled, self.ctx)
 
 

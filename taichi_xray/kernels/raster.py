@@ -48,7 +48,8 @@ CAM_WIDTH = 25
 # status[i, s, p]: per instance, per object (rare events only: no contended atomics)
 ST_BEHIND = 0  # faces entirely behind the source plane (culled)
 ST_STRADDLE = 1  # faces crossing the source plane (not rasterized; the caller raises)
-N_STATUS = 2
+ST_NEED = 2  # [i, ST_NEED, 0]: the largest count of a pixel whose slots overflowed K (0: none did)
+N_STATUS = 3
 
 BOX_BLOCK = 4096  # vertices per block of the bounding-box reduction in raster_forward
 PROJ_BLOCK = 256  # CPU: vertices per work item of the projection loop in raster_forward (camera in registers)
@@ -165,9 +166,10 @@ def _orientation(i0, i1, i2, p0, p1, p2, real: ti.template()):
 
 
 @ti.func
-def _fetch(V: ti.template(), proj: ti.template(), ref: ti.template(), i, vs, k, cam: ti.template(), cm,
+def _fetch(V: ti.template(), proj: ti.template(), ref: ti.template(), i, vs, k, kp, cam: ti.template(), cm,
            pre: ti.template(), real: ti.template()):
-    """(u, v, w, w - w_ref) of vertex k in instance i: from the projection pass, or projected here.
+    """(u, v, w, w - w_ref) of vertex k in instance i: from the projection pass (at its position kp
+    there), or projected here.
 
     The depth relative to the instance's reference point, ``P[2, :3] . (x - c)``, is computed
     from coordinates relative to c, so it keeps float32 precision where ``w`` itself
@@ -177,10 +179,10 @@ def _fetch(V: ti.template(), proj: ti.template(), ref: ti.template(), i, vs, k, 
     w = ti.cast(0, real)
     dw = ti.cast(0, real)
     if ti.static(pre):
-        u = proj[i, k, 0]
-        v = proj[i, k, 1]
-        w = proj[i, k, 2]
-        dw = proj[i, k, 3]
+        u = proj[i, kp, 0]
+        v = proj[i, kp, 1]
+        w = proj[i, kp, 2]
+        dw = proj[i, kp, 3]
     else:
         u, v, w = _project(V, vs, k, cam, cm, real)
         dw = _rel_depth(V, vs, k, cam, cm, ref, i, real)
@@ -220,13 +222,13 @@ def _affine(face_lin: ti.template(), obj_xref: ti.template(), vs, li, j, o, cam:
 
 
 @ti.func
-def _raster_face(i, t, V: ti.template(), F: ti.template(), fid: ti.template(), face_obj: ti.template(),
+def _raster_face(i, t, V: ti.template(), F: ti.template(), Fp: ti.template(), fid: ti.template(), face_obj: ti.template(),
                  face_ch: ti.template(), face_w: ti.template(), face_bal: ti.template(), inst: ti.template(),
                  cam: ti.template(), ref: ti.template(), proj: ti.template(), L: ti.template(), count: ti.template(),
                  slot_face: ti.template(), slot_depth: ti.template(), balance: ti.template(), status: ti.template(),
                  lin_idx: ti.template(), face_lin: ti.template(), obj_xref: ti.template(), H, W, K, J: ti.template(),
                  store: ti.template(), track: ti.template(), pre: ti.template(), lin: ti.template(),
-                 real: ti.template()):
+                 perm: ti.template(), real: ti.template()):
     """Row t of the faces in instance i: project, cull, cover, and accumulate (see raster_forward)."""
     vs = inst[i, 0]
     cm = inst[i, 1]
@@ -234,9 +236,14 @@ def _raster_face(i, t, V: ti.template(), F: ti.template(), fid: ti.template(), f
     i0 = F[t, 0]
     i1 = F[t, 1]
     i2 = F[t, 2]
-    u0, v0, w0, q0 = _fetch(V, proj, ref, i, vs, i0, cam, cm, pre, real)
-    u1, v1, w1, q1 = _fetch(V, proj, ref, i, vs, i1, cam, cm, pre, real)
-    u2, v2, w2, q2 = _fetch(V, proj, ref, i, vs, i2, cam, cm, pre, real)
+    j0, j1, j2 = i0, i1, i2  # where the projection pass put the corners
+    if ti.static(perm):
+        j0 = Fp[t, 0]
+        j1 = Fp[t, 1]
+        j2 = Fp[t, 2]
+    u0, v0, w0, q0 = _fetch(V, proj, ref, i, vs, i0, j0, cam, cm, pre, real)
+    u1, v1, w1, q1 = _fetch(V, proj, ref, i, vs, i1, j1, cam, cm, pre, real)
+    u2, v2, w2, q2 = _fetch(V, proj, ref, i, vs, i2, j2, cam, cm, pre, real)
     if w0 <= 0 or w1 <= 0 or w2 <= 0:
         o = face_obj[f]
         if w0 <= 0 and w1 <= 0 and w2 <= 0:
@@ -330,6 +337,8 @@ def _raster_face(i, t, V: ti.template(), F: ti.template(), fid: ti.template(), f
                                 if k < K:
                                     slot_face[i, r, c, k] = f
                                     slot_depth[i, r, c, k] = sd
+                                else:  # rare: the caller grows K to the largest count (no pass over count)
+                                    ti.atomic_max(status[i, ST_NEED, 0], k + 1)
                             if ti.static(track):
                                 if bal >= 0:
                                     ti.atomic_add(balance[i, bal, r, c], ti.cast(sg, ti.i32))
@@ -339,6 +348,8 @@ def _raster_face(i, t, V: ti.template(), F: ti.template(), fid: ti.template(), f
 def raster_forward(
     V: ti.types.ndarray(),  # (S, N, 3) vertex sets, world mm
     F: ti.types.ndarray(),  # (M, 3) int32 faces in traversal order (rows of the faces, possibly reordered)
+    Fp: ti.types.ndarray(),  # (M, 3) int32 positions of each row's corners in proj; read when perm
+    vpos: ti.types.ndarray(),  # (N,) int32 position of every vertex in proj; read when perm
     fid: ti.types.ndarray(),  # (M,) int32 face id of each row of F (into the slots, face_obj and lin_idx)
     face_obj: ti.types.ndarray(),  # (M,) int32 object of every face
     face_ch: ti.types.ndarray(),  # (M, J) int32 channel per weight (-1 = none), rows in traversal order (as F)
@@ -354,7 +365,7 @@ def raster_forward(
     slot_face: ti.types.ndarray(),  # (I, H, W, K) int32
     slot_depth: ti.types.ndarray(),  # (I, H, W, K) signed depths
     balance: ti.types.ndarray(),  # (I, B, H, W) int32 sums of signs (zero on entry); used when track != 0
-    status: ti.types.ndarray(),  # (I, N_STATUS, P) int32 (zero on entry)
+    status: ti.types.ndarray(),  # (I, N_STATUS, P) int32 per instance: faces behind / straddling per object, need
     lin_idx: ti.types.ndarray(),  # (M,) int32 row in face_lin (-1 = constant weights); read when lin != 0
     face_lin: ti.types.ndarray(),  # (S, ML, J, 4) per column: density jump c at x_ref and its gradient jump
     obj_xref: ti.types.ndarray(),  # (S, P, 3) reference point of each object's affine fields
@@ -363,6 +374,7 @@ def raster_forward(
     track: ti.template(),
     pre: ti.template(),
     lin: ti.template(),
+    perm: ti.template(),  # 1: proj holds the vertices at vpos (rows of F then gather nearly in sequence); needs pre
     cpu: ti.template(),  # 1: loops shaped for CPU threads (blocks of vertices, faces outer); 0: GPU
     real: ti.template(),
 ):
@@ -382,7 +394,11 @@ def raster_forward(
     ``face_bal`` is >= 0 add their sign to that balance image (open meshes). With
     ``pre``, a first loop projects every vertex once (large meshes: a vertex is shared
     by ~6 faces); without, each face projects its corners (small meshes: one parallel
-    loop less to dispatch).
+    loop less to dispatch). With ``perm`` (and ``pre``), vertex k is stored at ``vpos[k]``
+    in ``proj`` and row t reads its corners at ``Fp[t]``: large meshes are traversed in a
+    spatial order (see ``rasterize._face_order``), and their vertices are stored in the
+    order that traversal first uses them, so both the corner reads and the pixel writes
+    stay in the cache. ``F`` keeps the user's vertex indices (the edge tie rules read them).
 
     Channels accumulate ``w * sign * (t - w0 |d|)`` rather than ``w * sign * t``, with w0
     the depth of a reference point near the scene (per instance) and ``t - w0 |d|``
@@ -462,19 +478,22 @@ def raster_forward(
                     h0 = a0 * x + a1 * y + a2 * z + a3
                     h1 = a4 * x + a5 * y + a6 * z + a7
                     w = a8 * x + a9 * y + a10 * z + a11
-                    proj[i, k, 0] = h0 / w
-                    proj[i, k, 1] = h1 / w
-                    proj[i, k, 2] = w
-                    proj[i, k, 3] = a8 * (x - rx) + a9 * (y - ry) + a10 * (z - rz)
+                    kp = k
+                    if ti.static(perm):
+                        kp = vpos[k]
+                    proj[i, kp, 0] = h0 / w
+                    proj[i, kp, 1] = h1 / w
+                    proj[i, kp, 2] = w
+                    proj[i, kp, 3] = a8 * (x - rx) + a9 * (y - ry) + a10 * (z - rz)
     if ti.static(cpu):  # parallel over faces, the instances of a face in turn (an ndrange divides per item)
         for t in range(F.shape[0]):
             for i in range(inst.shape[0]):
-                _raster_face(i, t, V, F, fid, face_obj, face_ch, face_w, face_bal, inst, cam, ref, proj, L, count, slot_face, slot_depth, balance,
-                         status, lin_idx, face_lin, obj_xref, H, W, K, J, store, track, pre, lin, real)
+                _raster_face(i, t, V, F, Fp, fid, face_obj, face_ch, face_w, face_bal, inst, cam, ref, proj, L, count, slot_face, slot_depth, balance,
+                         status, lin_idx, face_lin, obj_xref, H, W, K, J, store, track, pre, lin, perm, real)
     else:  # a GPU thread per (instance, face)
         for i, t in ti.ndrange(inst.shape[0], F.shape[0]):
-            _raster_face(i, t, V, F, fid, face_obj, face_ch, face_w, face_bal, inst, cam, ref, proj, L, count, slot_face, slot_depth, balance,
-                         status, lin_idx, face_lin, obj_xref, H, W, K, J, store, track, pre, lin, real)
+            _raster_face(i, t, V, F, Fp, fid, face_obj, face_ch, face_w, face_bal, inst, cam, ref, proj, L, count, slot_face, slot_depth, balance,
+                         status, lin_idx, face_lin, obj_xref, H, W, K, J, store, track, pre, lin, perm, real)
 
 
 @ti.kernel
