@@ -330,14 +330,27 @@ def tensor_bytes(*objs) -> int:
     return total
 
 
+def _raster_parts(rz) -> list:
+    """A Rasterizer and what it keeps in helper objects: its buffer pools and its face tables."""
+    parts = [rz]
+    for name in ("_pool", "_host"):
+        pool = getattr(rz, name, None)
+        if pool is not None:
+            parts.append(getattr(pool, "_b", {}))
+    if getattr(rz, "_ft", None) is not None:
+        parts.append(rz._ft)
+    return parts
+
+
 def rasterizer_bytes(rz) -> int:
-    """Bytes a Rasterizer holds: its pooled buffers (``_bufs``) plus faces, face tables, cameras."""
-    return tensor_bytes(rz)
+    """Bytes a Rasterizer holds: its pooled buffers plus faces, face tables (traversal order and
+    projection positions included), cameras."""
+    return tensor_bytes(*_raster_parts(rz))
 
 
 def pipeline_bytes(pipe) -> int:
     """Bytes a Pipeline holds: its rasterizers' buffers and tables plus its physics tables and ray lengths."""
-    return tensor_bytes(pipe, *getattr(pipe, "_rz", {}).values())
+    return tensor_bytes(pipe, *[p for rz in getattr(pipe, "_rz", {}).values() for p in _raster_parts(rz)])
 
 
 # ----------------------------------------------------------------------------- output

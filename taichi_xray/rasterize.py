@@ -70,12 +70,12 @@ PACK_CACHE_SIZE = 4
 
 
 def _spread3(x: np.ndarray) -> np.ndarray:
-    """Bits 0..9 of x (uint64) moved to bits 0, 3, 6, ..., 27 (one axis of a 3-D Morton code)."""
-    x = x & np.uint64(0x3FF)
-    x = (x | (x << np.uint64(16))) & np.uint64(0x030000FF)
-    x = (x | (x << np.uint64(8))) & np.uint64(0x0300F00F)
-    x = (x | (x << np.uint64(4))) & np.uint64(0x030C30C3)
-    x = (x | (x << np.uint64(2))) & np.uint64(0x09249249)
+    """Bits 0..9 of x (uint32) moved to bits 0, 3, 6, ..., 27 (one axis of a 3-D Morton code)."""
+    x = x & np.uint32(0x3FF)
+    x = (x | (x << np.uint32(16))) & np.uint32(0x030000FF)
+    x = (x | (x << np.uint32(8))) & np.uint32(0x0300F00F)
+    x = (x | (x << np.uint32(4))) & np.uint32(0x030C30C3)
+    x = (x | (x << np.uint32(2))) & np.uint32(0x09249249)
     return x
 
 
@@ -97,20 +97,29 @@ def _face_order(F: np.ndarray, V: np.ndarray):
     M = len(F)
     if M < REORDER_FACES:
         return None
-    V = np.asarray(V, dtype=np.float64)
-    c = V[F[:, 0]] + V[F[:, 1]] + V[F[:, 2]]
+    V = np.asarray(V)
+    if V.dtype not in (np.float32, np.float64):
+        V = V.astype(np.float64)
+    c = V[F[:, 0]]  # 3 x the centroids, accumulated in place (memory: one (M, 3) array)
+    c += V[F[:, 1]]
+    c += V[F[:, 2]]
     lo = c.min(0)
-    span = np.maximum(c.max(0) - lo, 1e-300)
-    q = np.clip((c - lo) * (1024.0 / span), 0, 1023).astype(np.uint64)
-    code = _spread3(q[:, 0]) | (_spread3(q[:, 1]) << np.uint64(1)) | (_spread3(q[:, 2]) << np.uint64(2))
+    scale = (1023.0 / np.maximum(c.max(0) - lo, 1e-30)).astype(c.dtype)
+    c -= lo
+    c *= scale
+    q = np.clip(c, 0, 1023, out=c).astype(np.uint32)
+    del c
+    code = _spread3(q[:, 0]) | (_spread3(q[:, 1]) << np.uint32(1)) | (_spread3(q[:, 2]) << np.uint32(2))
+    del q
     order = np.argsort(code, kind="stable").astype(np.int32)
+    del code
     F_run = np.ascontiguousarray(np.take(F, order, axis=0))
     N = len(V)
-    used, first = np.unique(F_run.ravel(), return_index=True)
-    rank = np.full(N, np.iinfo(np.int64).max, dtype=np.int64)  # vertices no face uses go last
-    rank[used] = first
+    # position of each vertex = the order in which the traversal first reads it (unused ones last)
+    first = np.full(N, F_run.size, dtype=np.int32)
+    np.minimum.at(first, F_run.ravel(), np.arange(F_run.size, dtype=np.int32))
     vpos = np.empty(N, dtype=np.int32)
-    vpos[np.argsort(rank, kind="stable")] = np.arange(N, dtype=np.int32)
+    vpos[np.argsort(first, kind="stable")] = np.arange(N, dtype=np.int32)
     return F_run, order, np.ascontiguousarray(vpos[F_run]), vpos
 
 
@@ -569,8 +578,9 @@ class Rasterizer:
                          d("face_obj", self.face_obj), d("ch_run", self._ch_run), d("w_run", self._w_run),
                          d("face_bal", self.face_bal), d("inst", self.inst), d("cam", self.cam), ref, vbox, proj, L,
                          count, sf, sd, balance, status, d("li", li), d("fl", fl), d("xr", xr), self.J, int(store),
-                         int(track), int(pre), int(self.linear is not None), int(perm), int(self.device == "cpu"),
-                         self.real)
+                         int(track), int(pre), int(self.linear is not None), int(perm),
+                         int(self.device == "cpu" and V.shape[0] * V.shape[1] <= kr.SERIAL_BOX_VERTICES),
+                         int(self.device == "cpu"), self.real)
             # the counters (and the largest count of an overflowing pixel): one small read
             if self.resident:
                 st = status.to_numpy()

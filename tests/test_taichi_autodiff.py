@@ -98,9 +98,11 @@ def test_taichi_pose_loss_equals_torch_ngc_and_recovers_a_pose():
     L.backward()
     assert loss == pytest.approx(float(L.detach()), rel=1e-6, abs=1e-7)
     np.testing.assert_allclose(grad, x.grad.numpy(), rtol=2e-3, atol=2e-3 * np.abs(x.grad.numpy()).max())
-    # the same evaluation twice: gradient buffers start from zero each time
+    # the same evaluation twice: gradient buffers start from zero each time (a stale buffer would add
+    # the first gradient again: 100 % off); float32 atomic sums may add in another order (~1e-8)
     loss2, grad2 = fn(p0)
-    assert loss2 == pytest.approx(loss, rel=1e-9) and np.allclose(grad2, grad, rtol=1e-6, atol=1e-9)
+    assert loss2 == pytest.approx(loss, rel=1e-6)
+    np.testing.assert_allclose(grad2, grad, rtol=1e-4, atol=1e-6 * np.abs(grad).max())
     # gradient descent with Taichi's gradients alone comes back to the true pose
     opt = Adam(p0, lr=0.4)
     for it in range(60):

@@ -145,7 +145,18 @@ class BoundLaunch:
         ctx.set_arg_external_array_with_shape(idx, int(v.data_ptr()), v.element_size() * v.nelement(), shape, int(g))
 
     def matches(self, *args) -> bool:
-        return len(args) <= len(self.keys) and all(_key(a) == k for a, k in zip(args, self.keys))
+        if len(args) > len(self.keys):
+            return False
+        for a, o, k in zip(args, self.args, self.keys):
+            if a is o and k[0] == "t":  # the bound tensor itself: only its storage can have changed
+                rg = a.requires_grad
+                if a.data_ptr() != k[1] or a.shape != k[2] or rg != k[4]:
+                    return False
+                if rg and (a.grad.data_ptr() if a.grad is not None else 0) != k[5]:
+                    return False
+            elif _key(a) != k:
+                return False
+        return True
 
     def launch(self, **scalars):
         for name, val in scalars.items():

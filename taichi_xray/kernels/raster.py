@@ -52,6 +52,10 @@ ST_NEED = 2  # [i, ST_NEED, 0]: the largest count of a pixel whose slots overflo
 N_STATUS = 3
 
 BOX_BLOCK = 4096  # vertices per block of the bounding-box reduction in raster_forward
+# CPU: up to this many vertices the bounding-box reduction runs on the launching thread (a parallel
+# loop costs a wake-up of the worker threads, measured ~0.15 ms on the 2-core VM, more than reducing
+# 65k vertices serially)
+SERIAL_BOX_VERTICES = 65536
 PROJ_BLOCK = 256  # CPU: vertices per work item of the projection loop in raster_forward (camera in registers)
 
 
@@ -375,6 +379,7 @@ def raster_forward(
     pre: ti.template(),
     lin: ti.template(),
     perm: ti.template(),  # 1: proj holds the vertices at vpos (rows of F then gather nearly in sequence); needs pre
+    serial_box: ti.template(),  # 1: the bounding-box reduction runs serially (few vertices, see SERIAL_BOX_VERTICES)
     cpu: ti.template(),  # 1: loops shaped for CPU threads (blocks of vertices, faces outer); 0: GPU
     real: ti.template(),
 ):
@@ -419,6 +424,8 @@ def raster_forward(
     K = slot_face.shape[3]
     N = V.shape[1]
     NB = vbox.shape[1]
+    if ti.static(serial_box):
+        ti.loop_config(serialize=True)
     for s, b in ti.ndrange(vbox.shape[0], NB):  # bounds of each vertex set, per block of vertices
         k0 = b * BOX_BLOCK
         mn = ti.Vector([ti.cast(V[s, k0, 0], real), ti.cast(V[s, k0, 1], real), ti.cast(V[s, k0, 2], real)])
