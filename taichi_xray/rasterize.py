@@ -62,9 +62,12 @@ _REAL = {torch.float32: ti.f32, torch.float64: ti.f64}
 # above this many vertices x instances, project every vertex once in a first loop (a vertex is
 # shared by ~6 faces) instead of projecting each face's corners (one parallel loop less)
 PREPROJECT_VERTICES = 20000
-# from this many faces on, faces whose order scatters their vertex gathers over the whole mesh are
-# traversed sorted by their lowest vertex index (below it the vertices stay in the cache anyway)
-REORDER_FACES = 65536
+# from this many faces on, faces are traversed in a spatial order (see _face_order): the pixel writes
+# of consecutive faces then stay in the cache (below it, the whole image does)
+REORDER_FACES = 4096
+# from this many faces on, the projected vertices are also stored in the order of that traversal
+# (below it they stay in the cache anyway, and the projection pass would cost more than it saves)
+VERTEX_ORDER_FACES = 65536
 # scenes (lists of meshes) whose packing and face tables rasterize() keeps per first Mesh
 PACK_CACHE_SIZE = 4
 
@@ -81,16 +84,18 @@ def _spread3(x: np.ndarray) -> np.ndarray:
 
 def _face_order(F: np.ndarray, V: np.ndarray):
     """Traversal order of a large mesh: (F_run (M, 3) int32, ids (M,) int32, F_pos (M, 3) int32,
-    vpos (N,) int32), or ``None`` below REORDER_FACES faces (the mesh stays in the cache anyway).
+    vpos (N,) int32; both ``None`` below VERTEX_ORDER_FACES faces), or ``None`` below REORDER_FACES
+    faces (the mesh and the image stay in the cache anyway).
 
     The forward kernel reads each face's projected corners and writes to the pixels it covers.
     Faces are visited in the Morton (Z-curve) order of their centroids in ``V`` (N, 3) (a
     vertex set of the mesh; rigid motion and moderate deformation keep the order local), so
     consecutive faces lie side by side in space, hence on every detector: measured 1.5-1.8x
-    faster than vertex order on a 1.3M-face sphere at 1024^2, where the slot and image writes
-    otherwise missed the cache. Vertices are stored in the projection buffer in the order the
-    traversal first uses them (``vpos[k]``: position of vertex k; ``F_pos = vpos[F_run]``), so the
-    corner reads run nearly in sequence too. Only the order of the rows changes, never a row
+    faster than vertex order on a 1.3M-face sphere at 1024^2 and 1.6x faster than the given
+    order of a 20k-face sphere at 2048^2 with slots, where the slot and image writes otherwise
+    missed the cache. From VERTEX_ORDER_FACES faces on, vertices are stored in the projection
+    buffer in the order the traversal first uses them (``vpos[k]``: position of vertex k;
+    ``F_pos = vpos[F_run]``), so the corner reads run nearly in sequence too. Only the order of the rows changes, never a row
     itself (the edge tie rules read the user's vertex indices), so every face covers exactly
     the same pixels with the same depths.
     """
@@ -114,6 +119,8 @@ def _face_order(F: np.ndarray, V: np.ndarray):
     order = np.argsort(code, kind="stable").astype(np.int32)
     del code
     F_run = np.ascontiguousarray(np.take(F, order, axis=0))
+    if M < VERTEX_ORDER_FACES:
+        return F_run, order, None, None
     N = len(V)
     # position of each vertex = the order in which the traversal first reads it (unused ones last)
     first = np.full(N, F_run.size, dtype=np.int32)
@@ -160,7 +167,7 @@ class _FaceTables:
         """Set the traversal order of a large mesh from its vertices V (N, 3) (see _face_order);
         again when the number of vertices changes."""
         n = int(V.shape[0])
-        if not (self.pending or (self.vpos is not None and n != self._n_vertices)):
+        if not (self.pending or (self._n_vertices is not None and n != self._n_vertices)):
             return
         Vnp = V.detach().cpu().numpy() if isinstance(V, torch.Tensor) else np.asarray(V)
         fo = _face_order(self._Fnp, Vnp)
@@ -168,8 +175,8 @@ class _FaceTables:
         self.F_run = torch.as_tensor(fo[0], device=dev).contiguous()
         self.fid = torch.as_tensor(fo[1], device=dev).contiguous()
         self.order = self.fid
-        self.F_pos = torch.as_tensor(fo[2], device=dev).contiguous()
-        self.vpos = torch.as_tensor(fo[3], device=dev).contiguous()
+        self.F_pos = None if fo[2] is None else torch.as_tensor(fo[2], device=dev).contiguous()
+        self.vpos = None if fo[3] is None else torch.as_tensor(fo[3], device=dev).contiguous()
         self._n_vertices = n
         self._cache.clear()
         self.pending = False
@@ -435,7 +442,7 @@ class Rasterizer:
         """Let the first forward pass set a large mesh's spatial traversal order (from vertex set 0),
         and take the run-order copies of the tables when the shared face tables changed order."""
         ft = self._ft
-        if ft.pending or (ft.vpos is not None and int(V.shape[1]) != ft._n_vertices):
+        if ft.pending or (ft._n_vertices is not None and int(V.shape[1]) != ft._n_vertices):
             ft.spatial_order(to_numpy(V)[0] if is_nd(V) else V[0])
         if self._order_version == ft.version:
             return

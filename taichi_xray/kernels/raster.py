@@ -389,8 +389,8 @@ def raster_forward(
     memset-speed library calls); status is cleared here. The kernel first computes
     ``ref`` (the centre of each instance's vertex set's bounding box and its depth),
     reduced per block of vertices in a fixed order (exact: min and max do not round).
-    ``F`` may hold the faces in another order than the face ids (rows sorted so that
-    consecutive faces share vertices: the vertex gathers then hit the cache); ``fid``
+    ``F`` may hold the faces in another order than the face ids (a spatial order, so that
+    consecutive faces write nearby pixels and read nearby vertices); ``fid``
     maps each row to its face id, which goes into the slots and indexes ``face_obj`` and
     ``lin_idx``; ``face_ch``, ``face_w`` and ``face_bal`` are given in the order of ``F``
     (read sequentially, once per face, at its first covered pixel). With ``store``, each covering face also takes a slot
