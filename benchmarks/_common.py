@@ -222,6 +222,30 @@ def timed(fn, repeat: int, warmup: int = 2, max_seconds: float = float("inf")) -
                 out=out)
 
 
+def timed_interleaved(fns: dict, repeat: int, max_seconds: float = float("inf")) -> dict:
+    """Time several callables round-robin: ``repeat`` rounds, each calling every ``fns[name]()``
+    once (synchronised), rotating which one goes first, so that a burst of noise (other
+    processes, a virtual machine's stolen time) and the cost of following another callable fall
+    on all of them alike instead of on whichever block ran then. The callables must
+    have had their first and warm-up calls already. Stops after ``max_seconds`` once 3 rounds
+    are done. Returns {name: {times_ms, median_ms, min_ms, n}}."""
+    times = {k: [] for k in fns}
+    names = list(fns)
+    start = time.perf_counter()
+    for i in range(max(repeat, 1)):
+        for j in range(len(names)):  # each round starts with the next callable (a call right after
+            k = names[(i + j) % len(names)]  # another one's may find the caches cold or its threads busy)
+            fn = fns[k]
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[k].append(1e3 * (time.perf_counter() - t0))
+        if i >= 2 and time.perf_counter() - start > max_seconds:
+            break
+    return {k: dict(times_ms=v, median_ms=statistics.median(v), min_ms=min(v), n=len(v)) for k, v in times.items()}
+
+
 # ----------------------------------------------------------------------------- memory
 _LIBC = None
 

@@ -20,7 +20,8 @@ For every (faces, resolution) cell it measures three taichi_xray modes:
 
 and gvxr ``computeXRayImage()`` (converted to a numpy array). Per cell: median and min
 time over ``--repeat`` calls (after the first call, reported separately, and ``--warmup``
-calls), gvxr/tx for every mode (the issue's target: >= 10x in every cell of the default
+calls; the timed calls of gvxr and the three modes interleaved round-robin, see
+``_common.timed_interleaved``), gvxr/tx for every mode (the issue's target: >= 10x in every cell of the default
 grid, same run), the bytes the rasterizer holds (pooled buffers + faces/tables), the peak
 memory of the cell above a baseline taken before its rasterizer was created (see
 ``_common.PeakMemory``), K, and the 1-min load average. A correctness table compares
@@ -395,23 +396,26 @@ def main(argv=None):
             cam = camera(res)
             chord, central = analytic_chord(res)
             g = None
-            if gv is not None:
+            fns, setup = {}, {}
+            if gv is not None:  # first call and warm-ups now, timed calls interleaved below
                 gv.set_res(res)
-                g = _common.timed(gv.image, args.repeat, args.warmup, args.max_seconds)
+                g = _common.timed(gv.image, 0, args.warmup)
                 Lg = gv.path_length(g["out"])
+                fns["gvxr"] = gv.image
             images = {}
             for m in modes:
                 with _common.PeakMemory() as pm:  # baseline before the cell's rasterizer exists
                     if m == "paths":
                         def call():
                             return tx.path_length(mesh, cam)
+                        rz = None
                     else:
                         rz, Vt = make_rasterizer(mesh, cam)
                         keep = m == "slots"
 
                         def call(rz=rz, Vt=Vt, keep=keep):
                             return rz.forward(Vt, keep_slots=keep)
-                    t = _common.timed(call, args.repeat, args.warmup, args.max_seconds)
+                    t = _common.timed(call, 0, args.warmup)  # first call and warm-ups
                 out = t.pop("out")
                 if m == "paths":
                     kept = kept_raster(mesh, cam)
@@ -422,19 +426,25 @@ def main(argv=None):
                     held = _common.rasterizer_bytes(rz)
                     K = out.K
                     images[m] = out.L[0, 0].detach().cpu().numpy().astype(np.float64)
-                row = dict(faces=nf, res=res, mode=m, **t, held_mb=held / 2**20, peak_mb=pm.mb, mem=pm.method, K=K,
-                           load=_common.load1())
+                setup[m] = dict(first_ms=t["first_ms"], held_mb=held / 2**20, peak_mb=pm.mb, mem=pm.method, K=K)
+                fns[m] = call
+                del out
+            timed = _common.timed_interleaved(fns, args.repeat, args.max_seconds)
+            if g is not None:
+                g.update(timed.pop("gvxr"))
+            for m in modes:
+                t = timed[m]
+                row = dict(faces=nf, res=res, mode=m, median_ms=t["median_ms"], min_ms=t["min_ms"], n=t["n"],
+                           times_ms=t["times_ms"], **setup[m], load=_common.load1())
                 if g is not None:
                     row.update(gvxr_ms=g["median_ms"], gvxr_min_ms=g["min_ms"], gvxr_first_ms=g["first_ms"],
                                ratio=g["median_ms"] / t["median_ms"])
                 rows.append(row)
                 print("| " + " | ".join([
-                    str(nf), str(res), m, f"{t['median_ms']:.2f}", f"{t['min_ms']:.2f}", f"{t['first_ms']:.1f}",
-                    str(t["n"]), f"{row['held_mb']:.1f}", f"{row['peak_mb']:.1f}", str(K),
+                    str(nf), str(res), m, f"{t['median_ms']:.2f}", f"{t['min_ms']:.2f}", f"{row['first_ms']:.1f}",
+                    str(t["n"]), f"{row['held_mb']:.1f}", f"{row['peak_mb']:.1f}", str(row["K"]),
                     _common.fmt(row.get("gvxr_ms")), _common.fmt(row.get("ratio")), row["load"]]) + " |", flush=True)
-                del out, call
-                if m != "paths":
-                    del rz, Vt
+            del fns
             if not images:
                 continue
             Lt = images.get("reuse", images.get("paths", next(iter(images.values()))))
@@ -514,7 +524,8 @@ def markdown(args, info, init_s, compile_ms, mesh_info, rows, checks, prof, prof
              "`rz.forward(V, keep_slots=False)` on a Rasterizer built once for the cell (pooled buffers, launches bound "
              "once; the image stays a tensor on the kernels' device); `slots` = the same with `keep_slots=True` "
              "(K-slot buffers for the backward pass).\n")
-    L.append(f"Columns: `tx ms` median over n calls after {args.warmup} warm-up calls; `min` the fastest call; "
+    L.append(f"Columns: `tx ms` median over n calls after {args.warmup} warm-up calls (gvxr's and the three modes' "
+             "timed calls interleaved round-robin, the first of each round rotating); `min` the fastest call; "
              "`first` the first call of the cell (allocation, binding, first touch). `held MB`: bytes the rasterizer "
              "holds in torch tensors (pooled buffers + faces and face tables). `peak MB`: peak memory of the cell "
              "above a baseline taken before its rasterizer was created (CPU: peak RSS after gc + malloc_trim and a "

@@ -1044,7 +1044,8 @@ def rasterize(
     if st.slot_face is not None:
         count, sf, sd = st.count[0], st.slot_face[0], st.slot_depth[0]
     else:  # no slots: zero counts and empty slot tensors, pooled like the rest of the result
-        count = rz._host.get("no_slots_count", (camera.height, camera.width), torch.int32, zero=True)
+        count = rz._host.get("no_slots_count", (camera.height, camera.width), torch.int32,
+                             zero="no_slots_count" not in rz._host)  # zeroed once: nothing writes to it
         sf = rz._host.get("no_slots_face", (camera.height, camera.width, 0), torch.int32)
         sd = rz._host.get("no_slots_depth", (camera.height, camera.width, 0), dtype)
     foff = np.concatenate([[0], np.cumsum(rz.faces_per_object)]).astype(np.int64)

@@ -87,6 +87,7 @@ class BufferPool:
         self.resident = bool(resident)
         self.device = device
         self._b: dict = {}
+        self._dummies: dict = {}
         self._src: dict = {}
         self._src_ver: dict = {}
         self._launch = LaunchCache()
@@ -95,8 +96,12 @@ class BufferPool:
     def get(self, name: str, shape, dtype: torch.dtype, zero: bool = False):
         """The buffer ``name`` of this shape and dtype (allocated on first use or when they change);
         zeroed when ``zero``, else its contents are whatever the last user left."""
-        shape = tuple(int(s) for s in shape)
         b = self._b.get(name)
+        if not self.resident and b is not None and b.dtype == dtype and b.shape == shape:  # the common case
+            if zero:
+                b.zero_()
+            return b
+        shape = tuple(int(s) for s in shape)
         if self.resident:
             if b is None or tuple(b.shape) != shape or b.dtype != TI_DTYPE[dtype]:
                 b = ti.ndarray(TI_DTYPE[dtype], shape)  # zero-initialised by Taichi
@@ -114,7 +119,11 @@ class BufferPool:
 
     def dummy(self, ndim: int, dtype: torch.dtype):
         """A (1,) * ndim placeholder for an argument the kernel does not read."""
-        return self.get(f"dummy{ndim}{dtype}", (1,) * ndim, dtype)
+        key = (ndim, dtype)
+        b = self._dummies.get(key)
+        if b is None:
+            b = self._dummies[key] = self.get(f"dummy{ndim}{dtype}", (1,) * ndim, dtype)
+        return b
 
     def __contains__(self, name):
         return name in self._b
