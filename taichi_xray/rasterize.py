@@ -90,10 +90,11 @@ def _face_order(F: np.ndarray, V: np.ndarray):
     The forward kernel reads each face's projected corners and writes to the pixels it covers.
     Faces are visited in the Morton (Z-curve) order of their centroids in ``V`` (N, 3) (a
     vertex set of the mesh; rigid motion and moderate deformation keep the order local), so
-    consecutive faces lie side by side in space, hence on every detector: measured 1.5-1.8x
-    faster than vertex order on a 1.3M-face sphere at 1024^2 and 1.6x faster than the given
-    order of a 20k-face sphere at 2048^2 with slots, where the slot and image writes otherwise
-    missed the cache. From VERTEX_ORDER_FACES faces on, vertices are stored in the projection
+    consecutive faces lie side by side in space, hence on every detector. In A/B runs in one
+    process on the 2-core development machine it was 1.5-1.8x faster than vertex order on a
+    1.3M-face sphere at 1024^2 and 1.6x faster than the given order of a 20k-face sphere at
+    2048^2 with slots, where the slot and image writes otherwise missed the cache
+    (benchmarks/results/forward-cpu-2core.md has the resulting figures against gVXR). From VERTEX_ORDER_FACES faces on, vertices are stored in the projection
     buffer in the order the traversal first uses them (``vpos[k]``: position of vertex k;
     ``F_pos = vpos[F_run]``), so the corner reads run nearly in sequence too. Only the order of the rows changes, never a row
     itself (the edge tie rules read the user's vertex indices), so every face covers exactly
@@ -130,17 +131,6 @@ def _face_order(F: np.ndarray, V: np.ndarray):
     return F_run, order, np.ascontiguousarray(vpos[F_run]), vpos
 
 
-class _NdFirst:
-    """Vertex set 0 of a ``ti.ndarray`` (S, N, 3), downloaded only if the order is computed."""
-
-    def __init__(self, V):
-        self.V = V
-        self.shape = tuple(V.shape[1:])
-
-    def numpy(self):
-        return to_numpy(self.V)[0]
-
-
 class _FaceTables:
     """What a :class:`Rasterizer` derives from its faces and their objects alone, on its device.
 
@@ -175,20 +165,19 @@ class _FaceTables:
         self.faces_per_object = np.bincount(fobj, minlength=self.P)
         self._cache: dict = {}
 
-    def spatial_order(self, V) -> None:
-        """Called by every forward pass: set the traversal order of a large mesh from its vertices V
-        (N, 3) (see _face_order) at the second pass that uses these tables (a one-off call, e.g.
+    def spatial_order(self, n: int, vertices) -> None:
+        """Called by every forward pass with the number of vertices n and ``vertices()``, which gives
+        vertex set 0 (N, 3) as numpy (called only when needed): set the traversal order of a large
+        mesh (see _face_order) at the second pass that uses these tables (a one-off call, e.g.
         ``rasterize()`` of raw arrays that are not cached, would pay for it without using it: 5 ms
         at 20k faces, 0.4 s at 1.3M), and again when the number of vertices changes."""
-        n = int(V.shape[0])
         if self.pending:
             self._passes += 1
             if self._passes < 2:
                 return
         elif not (self._n_vertices is not None and n != self._n_vertices):
             return
-        Vnp = (V.detach().cpu().numpy() if isinstance(V, torch.Tensor) else
-               V.numpy() if isinstance(V, _NdFirst) else np.asarray(V))
+        Vnp = vertices()
         fo = _face_order(self._Fnp, Vnp)
         dev = self.F.device
         self.F_run = torch.as_tensor(fo[0], device=dev).contiguous()
@@ -461,8 +450,7 @@ class Rasterizer:
         """Let the first forward pass set a large mesh's spatial traversal order (from vertex set 0),
         and take the run-order copies of the tables when the shared face tables changed order."""
         ft = self._ft
-        if ft.pending or (ft._n_vertices is not None and int(V.shape[1]) != ft._n_vertices):
-            ft.spatial_order(V[0] if not is_nd(V) else _NdFirst(V))
+        ft.spatial_order(int(V.shape[1]), lambda: to_numpy(V)[0] if is_nd(V) else V[0].detach().cpu().numpy())
         if self._order_version == ft.version:
             return
         self._F_run, self._fid = ft.F_run, ft.fid
@@ -1021,10 +1009,11 @@ def rasterize(
     pk = _pack(meshes, names)
     Vnp, F, voff, open_ = pk.V, pk.F, pk.voff, pk.open_
     P = len(meshes)
-    kept = None
-    if _keep and out is None and vertices is None:
-        kkey = (camera.height, camera.width, dtype)
-        kept = pk.kept.get(kkey)
+    # path_length's Raster kept with the packing of Mesh objects (raw arrays are packed anew each call)
+    kkey = (camera.height, camera.width, dtype) if (_keep and out is None and
+                                                    all(isinstance(m, Mesh) for m in meshes)) else None
+    kept = pk.kept.get(kkey) if kkey else None
+    if kkey:
         out = kept
     rz = out._rasterizer if out is not None else None
     reuse = (rz is not None and rz.dtype == dtype and rz.C == P and len(rz.F) == len(F) and rz.K_fixed == K
@@ -1069,8 +1058,8 @@ def rasterize(
         sd = rz._host.get("no_slots_depth", (camera.height, camera.width, 0), dtype)
     foff = np.concatenate([[0], np.cumsum(rz.faces_per_object)]).astype(np.int64)
     res = Raster(st.L[0], flags, count, sf, sd, foff, n_fixed, camera, V[0], rz.F, rz.face_obj, voff, rz, st)
-    if _keep and vertices is None and all(isinstance(m, Mesh) for m in meshes):
-        pk.kept[(camera.height, camera.width, dtype)] = res
+    if kkey:
+        pk.kept[kkey] = res
     return res
 
 

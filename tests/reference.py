@@ -101,3 +101,28 @@ def scattered_icosphere(level, radius=1.0):
         ab, bc, ca = inv[:, 0], inv[:, 1], inv[:, 2]
         F = np.concatenate([np.stack(t, axis=1) for t in ((a, ab, ca), (b, bc, ab), (c, ca, bc), (ab, bc, ca))])
     return V * radius, F
+
+
+def hu_phantom(shape=(40, 36, 30), bone_block=False):
+    """(shape) HU volume: a water-like ellipsoid (soft -60 HU) with a denser and a lighter smooth blob,
+    air outside; with ``bone_block`` also a 1400 HU block with sharp edges. float64."""
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).astype(float)
+    c = (np.array(shape) - 1) / 2
+    r = np.linalg.norm((idx - c) / (0.42 * np.array(shape)), axis=-1)
+    hu = np.where(r < 1, -60.0, -1000.0)
+    hu += 800.0 * np.exp(-np.sum(((idx - c - [5, -3, 2]) / [4.0, 6.0, 5.0]) ** 2, -1))
+    hu -= 500.0 * np.exp(-np.sum(((idx - c + [6, 4, 0]) / [5.0, 3.0, 4.0]) ** 2, -1))
+    if bone_block:
+        block = (np.abs(idx - c - [-4, 6, -3]) < [3.5, 2.5, 5.5]).all(-1)
+        hu[block] = 1400.0
+    return np.clip(hu, -1000.0, 3000.0)
+
+
+def ras_affine():
+    """(4, 4) RAS affine with anisotropic voxels (2, 2.5, 3 mm), a small rotation and an offset."""
+    from scipy.spatial.transform import Rotation
+
+    A = np.eye(4)
+    A[:3, :3] = Rotation.from_euler("xyz", [5, -8, 12], degrees=True).as_matrix() @ np.diag([2.0, 2.5, 3.0])
+    A[:3, 3] = [-30.0, 12.0, 40.0]
+    return A

@@ -35,6 +35,7 @@ tio = pytest.importorskip("torchio")
 
 from diffdrr.data import read  # noqa: E402
 from diffdrr.drr import DRR  # noqa: E402
+from reference import hu_phantom, ras_affine  # noqa: E402
 
 from taichi_xray.camera import Camera  # noqa: E402
 from taichi_xray.geometry.adapters import diffdrr_from_camera, volume_center  # noqa: E402
@@ -48,27 +49,11 @@ E_KEV = 60.0
 
 
 def _phantom(shape=(40, 36, 30)):
-    """HU phantom: a water-like ellipsoid (soft -60 HU) with a bone block (sharp edges), a smooth
-    dense blob and a lighter one, air outside."""
-    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).astype(float)
-    c = (np.array(shape) - 1) / 2
-    r = np.linalg.norm((idx - c) / (0.42 * np.array(shape)), axis=-1)
-    hu = np.where(r < 1, -60.0, -1000.0)
-    hu += 800.0 * np.exp(-np.sum(((idx - c - [5, -3, 2]) / [4.0, 6.0, 5.0]) ** 2, -1))
-    hu -= 500.0 * np.exp(-np.sum(((idx - c + [6, 4, 0]) / [5.0, 3.0, 4.0]) ** 2, -1))
-    block = (np.abs(idx - c - [-4, 6, -3]) < [3.5, 2.5, 5.5]).all(-1)
-    hu[block] = 1400.0
-    return np.clip(hu, -1000.0, 3000.0).astype(np.float32)
+    """HU phantom (tests/reference.py): ellipsoid, two smooth blobs and a sharp-edged bone block."""
+    return hu_phantom(shape, bone_block=True).astype(np.float32)
 
 
-def _affine():
-    """RAS affine with anisotropic voxels, a small rotation and an offset."""
-    from scipy.spatial.transform import Rotation
-
-    A = np.eye(4)
-    A[:3, :3] = Rotation.from_euler("xyz", [5, -8, 12], degrees=True).as_matrix() @ np.diag([2.0, 2.5, 3.0])
-    A[:3, 3] = [-30.0, 12.0, 40.0]
-    return A
+_affine = ras_affine
 
 
 def _diffdrr(hu, A, cam, renderer, sdd=None):

@@ -21,6 +21,7 @@ arrays is the same as the bound one.
 """
 import numpy as np
 import taichi as ti
+from torch import Tensor as _Tensor
 
 try:  # internals of taichi 1.7.4
     from taichi.lang import impl as _impl
@@ -32,13 +33,6 @@ try:  # internals of taichi 1.7.4
         _kimpl, "_process_args")
 except Exception:  # pragma: no cover - another Taichi version
     _OK = False
-
-
-try:
-    from torch import Tensor as _Tensor
-except ImportError:  # pragma: no cover - torch is a dependency
-    class _Tensor:  # noqa: D101 - never an instance
-        pass
 
 
 def supported() -> bool:
