@@ -82,10 +82,27 @@ def _spread3(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def _sorted_rows(F: np.ndarray) -> np.ndarray:
+    """The forward kernel's face rows (M, 4) int32: each face's vertex indices in increasing order and,
+    in column 3, +1 when that order is a rotation of the face's (same orientation) or -1 when it is
+    reversed. Every edge then runs from its lower vertex index to its higher one in a fixed position
+    of the row, so the kernel finds each edge's canonical direction (the watertight tie rules) without
+    comparing indices (a data-dependent branch per edge), and the parity restores the face's sign."""
+    F = np.asarray(F, dtype=np.int32)
+    out = np.empty((len(F), 4), dtype=np.int32)
+    out[:, :3] = np.sort(F, axis=1)
+    # a permutation of 3 distinct items is a rotation iff the minimum is followed (cyclically) by the
+    # middle one
+    a = np.argmin(F, axis=1)
+    nxt = F[np.arange(len(F)), (a + 1) % 3]
+    out[:, 3] = np.where(nxt == out[:, 1], 1, -1)
+    return out
+
+
 def _face_order(F: np.ndarray, V: np.ndarray):
-    """Traversal order of a large mesh: (F_run (M, 3) int32, ids (M,) int32, F_pos (M, 3) int32,
-    vpos (N,) int32; both ``None`` below VERTEX_ORDER_FACES faces), or ``None`` below REORDER_FACES
-    faces (the mesh and the image stay in the cache anyway).
+    """Traversal order of a large mesh: (F_run (M, 3) int32, ids (M,) int32, vpos (N,) int32 or
+    ``None`` below VERTEX_ORDER_FACES faces), or ``None`` below REORDER_FACES faces (the mesh and the
+    image stay in the cache anyway).
 
     The forward kernel reads each face's projected corners and writes to the pixels it covers.
     Faces are visited in the Morton (Z-curve) order of their centroids in ``V`` (N, 3) (a
@@ -96,9 +113,10 @@ def _face_order(F: np.ndarray, V: np.ndarray):
     2048^2 with slots, where the slot and image writes otherwise missed the cache
     (benchmarks/results/forward-cpu-2core.md has the resulting figures against gVXR). From VERTEX_ORDER_FACES faces on, vertices are stored in the projection
     buffer in the order the traversal first uses them (``vpos[k]``: position of vertex k;
-    ``F_pos = vpos[F_run]``), so the corner reads run nearly in sequence too. Only the order of the rows changes, never a row
-    itself (the edge tie rules read the user's vertex indices), so every face covers exactly
-    the same pixels with the same depths.
+    ``F_pos = vpos[F_run]``), so the corner reads run nearly in sequence too. Only the order of the rows
+    changes, never a row itself (the edge tie rules read the user's vertex indices), so every face
+    covers exactly the same pixels with the same depths. ``F_run`` holds the faces as given; the
+    tables store them as :func:`_sorted_rows`.
     """
     M = len(F)
     if M < REORDER_FACES:
@@ -121,22 +139,23 @@ def _face_order(F: np.ndarray, V: np.ndarray):
     del code
     F_run = np.ascontiguousarray(np.take(F, order, axis=0))
     if M < VERTEX_ORDER_FACES:
-        return F_run, order, None, None
+        return F_run, order, None
     N = len(V)
     # position of each vertex = the order in which the traversal first reads it (unused ones last)
     first = np.full(N, F_run.size, dtype=np.int32)
     np.minimum.at(first, F_run.ravel(), np.arange(F_run.size, dtype=np.int32))
     vpos = np.empty(N, dtype=np.int32)
     vpos[np.argsort(first, kind="stable")] = np.arange(N, dtype=np.int32)
-    return F_run, order, np.ascontiguousarray(vpos[F_run]), vpos
+    return F_run, order, vpos
 
 
 class _FaceTables:
     """What a :class:`Rasterizer` derives from its faces and their objects alone, on its device.
 
-    F (M, 3) int32 faces; F_run / fid: the rows in traversal order and the face id of each
-    (``F_run is F`` when the order is kept); F_pos / vpos: where the projection buffer holds the
-    corners of each row and every vertex (``None`` when the order is kept); face_obj (M,) int32;
+    F (M, 3) int32 faces; F_run (M, 4) / fid: the forward kernel's rows (:func:`_sorted_rows`) in
+    traversal order and the face id of each (``order`` is None and ``fid`` the identity while the
+    faces' own order is kept); F_pos / vpos: where the projection buffer holds the corners of each
+    row (in the row's sorted order) and every vertex (``None`` when the order is kept); face_obj (M,) int32;
     P, faces_per_object, F_max. The traversal order of a large mesh is spatial and needs its
     vertices: it is set by the second forward pass (:meth:`spatial_order`); ``version`` counts
     the changes, so that the rasterizers sharing the tables refresh their run-order copies.
@@ -150,7 +169,8 @@ class _FaceTables:
         self.F = torch.as_tensor(Fnp, device=device).contiguous()
         self.F_max = int(Fnp.max()) if len(Fnp) else -1
         self._Fnp = Fnp
-        self.F_run = self.F  # traversal order = face order until spatial_order() sets one
+        self.F_run = torch.as_tensor(_sorted_rows(Fnp), device=device).contiguous()  # face order until
+        # spatial_order() sets one
         self.fid = torch.arange(len(Fnp), dtype=torch.int32, device=device)
         self.order = None
         self.F_pos = self.vpos = None
@@ -180,11 +200,13 @@ class _FaceTables:
         Vnp = vertices()
         fo = _face_order(self._Fnp, Vnp)
         dev = self.F.device
-        self.F_run = torch.as_tensor(fo[0], device=dev).contiguous()
+        rows = _sorted_rows(fo[0])
+        self.F_run = torch.as_tensor(rows, device=dev).contiguous()
         self.fid = torch.as_tensor(fo[1], device=dev).contiguous()
         self.order = self.fid
-        self.F_pos = None if fo[2] is None else torch.as_tensor(fo[2], device=dev).contiguous()
-        self.vpos = None if fo[3] is None else torch.as_tensor(fo[3], device=dev).contiguous()
+        self.F_pos = None if fo[2] is None else torch.as_tensor(np.ascontiguousarray(fo[2][rows[:, :3]]),
+                                                                 device=dev).contiguous()
+        self.vpos = None if fo[2] is None else torch.as_tensor(fo[2], device=dev).contiguous()
         self._n_vertices = n
         self._cache.clear()
         self.pending = False

@@ -32,10 +32,10 @@ def test_large_scattered_mesh_is_reordered_and_slots_hold_user_face_ids(scene):
     V, F, cam = scene
     m = tx.Mesh(V, F, "sphere")
     r = tx.rasterize(m, cam, check_balance=True)
-    assert r._rasterizer._F_run is r._rasterizer.F  # a first call keeps the order (a one-off need not pay)
+    assert r._rasterizer._ft.order is None  # a first call keeps the order (a one-off need not pay)
     r = tx.rasterize(m, cam, check_balance=True)  # the second call on the Mesh's tables sets it
     rz = r._rasterizer
-    assert rz._F_run is not rz.F  # the traversal order differs from the face order here
+    assert rz._ft.order is not None  # the traversal order differs from the face order here
     assert r.n_fixed.sum() == 0  # watertight: every ray enters as often as it leaves
     count = r.count.numpy()
     assert count.max() == 2 and (count == 2).sum() > 500 and set(np.unique(count)) <= {0, 2}
@@ -64,12 +64,18 @@ def test_spatial_order_tables(scene):
     m = tx.Mesh(V, F, "sphere")
     tx.rasterize(m, cam, keep_slots=False)
     ft = tx.rasterize(m, cam, keep_slots=False)._rasterizer._ft
-    order, F_run = ft.fid.numpy(), ft.F_run.numpy()
+    order, rows = ft.fid.numpy(), ft.F_run.numpy()
     assert sorted(order) == list(range(len(F)))
-    np.testing.assert_array_equal(F_run, F[order])
+    F_run = F[order]
+    # each row: the face's indices in increasing order, and +1 / -1 where that order keeps / reverses
+    # the face's orientation (the face itself, reversed when -1, is a rotation of the row)
+    assert rows.shape == (len(F), 4) and set(np.unique(rows[:, 3])) == {-1, 1}
+    np.testing.assert_array_equal(rows[:, :3], np.sort(F_run, axis=1))
+    face = np.where(rows[:, 3:] == 1, rows[:, :3], rows[:, [0, 2, 1]])
+    assert all(any((np.roll(F_run[t], k) == face[t]).all() for k in range(3)) for t in range(0, len(F), 97))
     vpos = ft.vpos.numpy()
     assert sorted(vpos) == list(range(len(V)))
-    np.testing.assert_array_equal(ft.F_pos.numpy(), vpos[F_run])
+    np.testing.assert_array_equal(ft.F_pos.numpy(), vpos[rows[:, :3]])
     # consecutive faces read nearby positions (the user's order of this mesh scatters them)
     step = np.median(np.abs(np.diff(ft.F_pos.numpy().min(1).astype(np.int64))))
     step_user = np.median(np.abs(np.diff(F.min(1).astype(np.int64))))
@@ -85,7 +91,7 @@ def test_path_lengths_do_not_depend_on_the_face_order(scene, monkeypatch):
     with monkeypatch.context() as mp:  # the faces traversed as given
         mp.setattr(_txr, "REORDER_FACES", 10 ** 9)
         r = tx.rasterize(tx.Mesh(V, F, "sphere"), cam)
-        assert r._rasterizer._F_run is r._rasterizer.F and r._rasterizer._ft.vpos is None
+        assert r._rasterizer._ft.order is None and r._rasterizer._ft.vpos is None
         np.testing.assert_allclose(r.numpy()[0], L, atol=1e-4)
         np.testing.assert_array_equal(r.count.numpy() > 0, tx.rasterize(tx.Mesh(V, F, "sphere"), cam)
                                       .count.numpy() > 0)  # and it covers the same pixels

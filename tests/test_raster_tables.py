@@ -35,7 +35,7 @@ def test_fresh_calls_on_a_mesh_reuse_its_tables_and_other_meshes_get_their_own(s
     r1 = tx.rasterize(a, cam, keep_slots=False)
     r2 = tx.rasterize(a, cam, keep_slots=False)
     assert r2._rasterizer._ft is r1._rasterizer._ft  # cached with the Mesh
-    assert r2._rasterizer._F_run is not r2._rasterizer.F  # reordered by the second call on the tables
+    assert r2._rasterizer._ft.order is not None  # reordered by the second call on the tables
     assert torch.equal(r1.L, r2.L)  # two faces per pixel: their sum does not depend on the order
     # same shapes, other faces (reflected sphere, faces flipped to stay outward): not served a's tables
     b = tx.Mesh(V * np.array([1.0, 1.0, -1.0]), F[:, ::-1], "b")
@@ -76,7 +76,7 @@ def test_per_face_weights_follow_their_faces_in_traversal_order(scene, monkeypat
             rz.forward(Vt, keep_slots=True)  # the order is set by the second pass
             out.append((rz, rz.forward(Vt, keep_slots=True)))
     (rz0, s0), (rz1, s1) = out
-    assert rz0._F_run is not rz0.F and rz1._F_run is rz1.F
+    assert rz0._ft.order is not None and rz1._ft.order is None
     np.testing.assert_allclose(s0.L.numpy(), s1.L.numpy(), rtol=1e-12, atol=1e-12)
     # independent reference from the slots: sum over each pixel's faces of w x (signed depth - w0 |d|)
     d = cam.pixel_rays(normalize=False)
@@ -119,7 +119,7 @@ def test_balance_of_an_open_reordered_mesh(scene, monkeypatch):
                 tx.rasterize(m, cam, keep_slots=False, fix_unbalanced=False)  # the order is set by the second call
                 r = tx.rasterize(m, cam, keep_slots=False, fix_unbalanced=False)
             res.append(r)
-    assert res[0]._rasterizer._F_run is not res[0]._rasterizer.F and res[1]._rasterizer._F_run is res[1]._rasterizer.F
+    assert res[0]._rasterizer._ft.order is not None and res[1]._rasterizer._ft.order is None
     assert res[0].n_fixed[0] > 20
     assert res[0].n_fixed[0] == res[1].n_fixed[0]
     np.testing.assert_array_equal(res[0].flags.numpy(), res[1].flags.numpy())
@@ -148,3 +148,34 @@ def test_path_length_keeps_its_rasterizer_with_the_mesh(scene):
     assert tx.path_length(m, small).shape == (18, 20)
     assert tx.path_length(m, cam, dtype=torch.float64).dtype == np.float64
     assert len(pk.kept) == 3
+
+
+def test_sorted_rows_and_their_parity():
+    """The forward kernel's rows: indices in increasing order and +1 / -1 the sign of the permutation
+    that sorted them (reference: the parity of the number of inversions), for every order of a face."""
+    rng = np.random.default_rng(3)
+    F = np.array([rng.choice(1000, 3, replace=False) for _ in range(500)], dtype=np.int32)
+    F = np.concatenate([F, np.array([[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]], np.int32)])
+    rows = _txr._sorted_rows(F)
+    inversions = (F[:, 0] > F[:, 1]).astype(int) + (F[:, 0] > F[:, 2]) + (F[:, 1] > F[:, 2])
+    np.testing.assert_array_equal(rows[:, :3], np.sort(F, axis=1))
+    np.testing.assert_array_equal(rows[:, 3], np.where(inversions % 2 == 0, 1, -1))
+    np.testing.assert_array_equal(rows[-6:, 3], [1, -1, -1, 1, 1, -1])
+
+
+def test_face_rotations_and_row_order_change_nothing():
+    """A face given from another corner (same orientation) renders the same: the kernel's rows are the
+    sorted indices, so coverage and the signed depths are bit-identical; reversing every face of a
+    closed mesh (inward) is repaired by Mesh and renders the same path lengths."""
+    V, F = scattered_icosphere(3)
+    cam = tx.Camera.c_arm(sid=400.0, sdd=600.0, width=48, height=40, pixel_spacing=2.0, radiological=False)
+    rng = np.random.default_rng(5)
+    k = rng.integers(0, 3, len(F))
+    G = np.stack([np.roll(f, s) for f, s in zip(F, k)])
+    a = tx.rasterize(tx.Mesh(V, F, "a"), cam)
+    b = tx.rasterize(tx.Mesh(V, G, "b"), cam)
+    assert torch.equal(a.count, b.count) and torch.equal(a.L, b.L)
+    assert float(a.L.max()) > 50.0  # the sphere (radius 40 mm) is in view
+    with pytest.warns(UserWarning):
+        c = tx.rasterize(tx.Mesh(V, F[:, ::-1].copy(), "c"), cam)
+    np.testing.assert_allclose(c.numpy(), a.numpy(), atol=1e-4)

@@ -71,28 +71,46 @@ def _project(V: ti.template(), vs, i, cam: ti.template(), cm, real: ti.template(
 
 
 @ti.func
-def _edge_setup(ia, ib, pa, pb, s):
-    """Per-face constants of the directed edge ia -> ib (pa, pb: their projected (u, v)).
+def _face_edges(p0, p1, p2, real: ti.template()):
+    """Per-face constants of a face whose vertex indices increase, i0 < i1 < i2 (p0, p1, p2: their
+    projected (u, v)); see ``rasterize._sorted_rows``.
 
-    Returns (ax, ay, dx, dy, k, tl): the canonical edge (from the lower vertex index
-    to the higher), the factor k = +-s that turns its value into this face's
-    inside-positive value, and whether the edge is top-left for this face. The
-    per-pixel value ``k * (dx * (py - ay) - dy * (px - ax))`` is computed from the same
-    canonical operands by both faces of an edge, so they see exactly opposite values.
+    Returns s and, per edge, (ax, ay, dx, dy): the edge from its lower vertex index to its higher one,
+    (i1 -> i2), (i0 -> i2), (i0 -> i1), opposite the corners 0, 1, 2. ``s`` = +-1 (0: seen edge-on,
+    covers nothing) is the sign of twice the projected signed area ``area2`` of (p0, p1, p2) (the first
+    edge's value at p0) and orients the edge functions inside-positive: the face runs edges 0 and 2 in
+    their canonical direction (k = s) and edge 1 against it (k = -s). The per-pixel value ``k * (dx *
+    (py - ay) - dy * (px - ax))`` is computed from the same canonical operands by both faces of an
+    edge, so they see exactly opposite values; since the directions are fixed by the row's order, no
+    index comparison (a data-dependent branch per edge) is needed per face.
     """
-    ax, ay, bx, by = pa[0], pa[1], pb[0], pb[1]
-    k = s
-    if ib < ia:
-        ax, ay, bx, by = pb[0], pb[1], pa[0], pa[1]
-        k = -s
-    dx = bx - ax
-    dy = by - ay
-    tdx = k * dx  # direction of the edge as this face runs it (inside on the left)
-    tdy = k * dy
-    tl = 0
-    if tdy > 0 or (tdy == 0 and tdx < 0):
-        tl = 1
-    return ax, ay, dx, dy, k, tl
+    ax0, ay0, dx0, dy0 = p1[0], p1[1], p2[0] - p1[0], p2[1] - p1[1]
+    ax1, ay1, dx1, dy1 = p0[0], p0[1], p2[0] - p0[0], p2[1] - p0[1]
+    ax2, ay2, dx2, dy2 = p0[0], p0[1], p1[0] - p0[0], p1[1] - p0[1]
+    area2 = dx0 * (p0[1] - ay0) - dy0 * (p0[0] - ax0)
+    s = ti.cast(0, real)
+    if area2 > 0:
+        s = ti.cast(1, real)
+    if area2 < 0:
+        s = ti.cast(-1, real)
+    return s, area2, ax0, ay0, dx0, dy0, ax1, ay1, dx1, dy1, ax2, ay2, dx2, dy2
+
+
+@ti.func
+def _sort3(i0, i1, i2, p0, p1, p2):
+    """The corners' positions in increasing order of their vertex indices (three compare-exchanges)."""
+    a, b, c = i0, i1, i2
+    pa, pb, pc = p0, p1, p2
+    if b < a:
+        a, b = b, a
+        pa, pb = pb, pa
+    if c < b:
+        b, c = c, b
+        pb, pc = pc, pb
+    if b < a:
+        a, b = b, a
+        pa, pb = pb, pa
+    return pa, pb, pc
 
 
 @ti.func
@@ -137,6 +155,31 @@ def _inside(e, tl) -> ti.i32:
 
 
 @ti.func
+def _tl(k, dx, dy) -> ti.i32:
+    """Whether an edge (canonical direction (dx, dy), run as k (dx, dy) by the face, inside on the
+    left) is a top or a left edge of the face: the tie rule for pixel centres exactly on it."""
+    tdx = k * dx
+    tdy = k * dy
+    return (tdy > 0) or (tdy == 0 and tdx < 0)
+
+
+@ti.func
+def _covers(e0, e1, e2, s, dx0, dy0, dx1, dy1, dx2, dy2) -> ti.i32:
+    """Whether the face covers a pixel centre with edge values e0, e1, e2 (inside-positive): all
+    positive, or on an edge or a vertex (some zero, none negative) whose edges are top-left. One
+    data-dependent branch (the minimum's sign); the tie rule is evaluated only for exact zeros
+    (vertices are finite, checked on input, so the minimum sees no NaN)."""
+    m = ti.min(e0, e1, e2)
+    out = 0
+    if m > 0:
+        out = 1
+    elif m == 0:
+        out = (_inside(e0, _tl(s, dx0, dy0)) and _inside(e1, _tl(-s, dx1, dy1))
+               and _inside(e2, _tl(s, dx2, dy2)))
+    return out
+
+
+@ti.func
 def _ray(cam: ti.template(), cm, px, py):
     dx = cam[cm, 12] * px + cam[cm, 13] * py + cam[cm, 14]
     dy = cam[cm, 15] * px + cam[cm, 16] * py + cam[cm, 17]
@@ -152,21 +195,6 @@ def _bounds(p0, p1, p2, H, W):
     r0 = ti.max(ti.cast(ti.ceil(ti.min(p0[1], p1[1], p2[1])), ti.i32), 0)
     r1 = ti.min(ti.cast(ti.floor(ti.max(p0[1], p1[1], p2[1])), ti.i32), H - 1)
     return c0, c1, r0, r1
-
-
-@ti.func
-def _orientation(i0, i1, i2, p0, p1, p2, real: ti.template()):
-    """(s, area2): s = +-1 orients the edge functions so that the inside is positive (0 when
-    the face is seen edge-on); area2 = twice the signed projected area, computed from the
-    canonical edge (i1, i2) so that it equals the sum of the three edge functions."""
-    ax, ay, dx, dy, k, _ = _edge_setup(i1, i2, p1, p2, ti.cast(1, real))
-    area2 = _edge_value(ax, ay, dx, dy, k, p0[0], p0[1])
-    s = ti.cast(1, real)
-    if area2 < 0:
-        s = -s
-    elif area2 == 0:
-        s = ti.cast(0, real)
-    return s, area2
 
 
 @ti.func
@@ -260,12 +288,13 @@ def _raster_face(i, t, V: ti.template(), F: ti.template(), Fp: ti.template(), fi
         p2 = ti.Vector([u2, v2])
         c0, c1, r0, r1 = _bounds(p0, p1, p2, H, W)
         if c0 <= c1 and r0 <= r1:  # most faces of a fine mesh contain no pixel centre
-            s, area2 = _orientation(i0, i1, i2, p0, p1, p2, real)
+            s, area2, ax0, ay0, dx0, dy0, ax1, ay1, dx1, dy1, ax2, ay2, dx2, dy2 = _face_edges(p0, p1, p2, real)
             if s != 0:  # seen edge-on: covers nothing
-                ax0, ay0, dx0, dy0, k0, tl0 = _edge_setup(i1, i2, p1, p2, s)
-                ax1, ay1, dx1, dy1, k1, tl1 = _edge_setup(i2, i0, p2, p0, s)
-                ax2, ay2, dx2, dy2, k2, tl2 = _edge_setup(i0, i1, p0, p1, s)
-                sg = s * cam[cm, 24]  # +1 where the ray leaves the mesh
+                k0 = s
+                k1 = -s
+                k2 = s
+                sg = s * cam[cm, 24] * ti.cast(F[t, 3], real)  # +1 where the ray leaves the mesh (F[t, 3]: the
+                # row's order against the face's, see rasterize._sorted_rows)
                 # the ray's coefficients, read once per face (the atomic adds below keep the compiler
                 # from hoisting reads of the arrays out of the pixel loops)
                 m0 = cam[cm, 12]
@@ -301,7 +330,7 @@ def _raster_face(i, t, V: ti.template(), F: ti.template(), Fp: ti.template(), fi
                         e0 = _edge_value(ax0, ay0, dx0, dy0, k0, px, py)
                         e1 = _edge_value(ax1, ay1, dx1, dy1, k1, px, py)
                         e2 = _edge_value(ax2, ay2, dx2, dy2, k2, px, py)
-                        if _inside(e0, tl0) and _inside(e1, tl1) and _inside(e2, tl2):
+                        if _covers(e0, e1, e2, s, dx0, dy0, dx1, dy1, dx2, dy2):
                             if ready == 0:
                                 ready = 1
                                 inv_a = 1 / ti.abs(area2)
@@ -725,11 +754,9 @@ def raster_backward_faces(
             p1 = ti.Vector([u1, v1])
             p2 = ti.Vector([u2, v2])
             c0, c1, r0, r1 = _bounds(p0, p1, p2, H, W)
-            s, area2 = _orientation(i0, i1, i2, p0, p1, p2, real)
+            q0, q1, q2 = _sort3(i0, i1, i2, p0, p1, p2)  # as the forward pass's rows
+            s, area2, ax0, ay0, dx0, dy0, ax1, ay1, dx1, dy1, ax2, ay2, dx2, dy2 = _face_edges(q0, q1, q2, real)
             if c0 <= c1 and r0 <= r1 and s != 0:
-                ax0, ay0, dx0, dy0, k0, tl0 = _edge_setup(i1, i2, p1, p2, s)
-                ax1, ay1, dx1, dy1, k1, tl1 = _edge_setup(i2, i0, p2, p0, s)
-                ax2, ay2, dx2, dy2, k2, tl2 = _edge_setup(i0, i1, p0, p1, s)
                 for r in range(r0, r1 + 1):
                     for c in range(c0, c1 + 1):
                         px = ti.cast(c, real)
@@ -740,9 +767,9 @@ def raster_backward_faces(
                             if ch >= 0:
                                 g += face_w[f, j] * ti.cast(grad_L[i, ch, r, c], real)
                         if (flags[i, r, c] == 0 and g != 0
-                                and _inside(_edge_value(ax0, ay0, dx0, dy0, k0, px, py), tl0)
-                                and _inside(_edge_value(ax1, ay1, dx1, dy1, k1, px, py), tl1)
-                                and _inside(_edge_value(ax2, ay2, dx2, dy2, k2, px, py), tl2)):
+                                and _covers(_edge_value(ax0, ay0, dx0, dy0, s, px, py),
+                                            _edge_value(ax1, ay1, dx1, dy1, -s, px, py),
+                                            _edge_value(ax2, ay2, dx2, dy2, s, px, py), s, dx0, dy0, dx1, dy1, dx2, dy2)):
                             dx, dy, dz = _ray(cam, cm, px, py)
                             g0, g1, g2 = _depth_grad(V, vs, F, f, cam, cm, dx, dy, dz, g, real)
                             acc0 += g0
