@@ -277,3 +277,32 @@ def test_out_reuses_buffers_and_gives_the_same_result():
     r3 = tx.rasterize(m, cam2, out=r2)
     assert r3.L.shape == (1, 20, 24)
     np.testing.assert_allclose(r3.numpy(), tx.rasterize(m, cam2).numpy(), atol=1e-5)
+
+
+def test_slot_depths_stay_within_the_face_and_match_the_plane():
+    """Each slot's signed depth is the distance along the pixel's ray to its face's plane (float64
+    reference), and the point lies within the depth range of the face's corners even where the face
+    is seen almost edge-on (the silhouette of a sphere: 1/w is a convex combination of the corners'
+    1/w with the barycentric weights normalised by their sum, not by a separately rounded area)."""
+    V, F = icosphere(60.0, 4)
+    rng = np.random.default_rng(11)
+    Q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    V = V @ Q.T + np.array([3.1, -2.7, 1.3])
+    cam = simple_camera(width=160, height=144, f=150.0, dist=400.0)
+    r = tx.rasterize(tx.Mesh(V, F), cam)
+    count, sf, sd = r.count.numpy(), r.slot_face.numpy(), r.slot_depth.numpy().astype(np.float64)
+    rows, cols, k = np.nonzero(np.arange(sf.shape[-1])[None, None, :] < count[..., None])
+    f = sf[rows, cols, k]
+    d = cam.pixel_rays(normalize=False)[rows, cols]  # depth component 1
+    w_px = np.abs(sd[rows, cols, k]) / np.linalg.norm(d, axis=1)  # the depth w of the crossing
+    _, w = cam.project(V)
+    wf = w[F[f]]  # (n, 3) corner depths
+    tol = 1e-6 * wf.max()
+    assert (w_px >= wf.min(1) - tol).all() and (w_px <= wf.max(1) + tol).all()
+    v0, v1, v2 = V[F[f, 0]], V[F[f, 1]], V[F[f, 2]]
+    n = np.cross(v1 - v0, v2 - v0)
+    t = np.einsum("ij,ij->i", n, v0 - cam.source) / np.einsum("ij,ij->i", n, d)  # depth w of the plane
+    grazing = np.abs(np.einsum("ij,ij->i", n, d / np.linalg.norm(d, axis=1)[:, None])) / np.linalg.norm(n, axis=1)
+    assert (grazing < 0.1).sum() > 20  # the test does see nearly edge-on faces
+    np.testing.assert_allclose(w_px[grazing >= 0.1], t[grazing >= 0.1], rtol=2e-6, atol=0)
+    np.testing.assert_allclose(w_px, t, rtol=0, atol=0.05)

@@ -333,10 +333,9 @@ def _raster_face(i, t, V: ti.template(), F: ti.template(), Fp: ti.template(), fi
                         if _covers(e0, e1, e2, s, dx0, dy0, dx1, dy1, dx2, dy2):
                             if ready == 0:
                                 ready = 1
-                                inv_a = 1 / ti.abs(area2)
-                                iw0 = inv_a / w0
-                                iw1 = inv_a / w1
-                                iw2 = inv_a / w2
+                                iw0 = 1 / w0
+                                iw1 = 1 / w1
+                                iw2 = 1 / w2
                                 jw0 = iw0 * q0
                                 jw1 = iw1 * q1
                                 jw2 = iw2 * q2
@@ -351,9 +350,13 @@ def _raster_face(i, t, V: ti.template(), F: ti.template(), Fp: ti.template(), fi
                             dy = m3 * px + m4 * py + m5
                             dz = m6 * px + m7 * py + m8
                             dl = ti.sqrt(dx * dx + dy * dy + dz * dz)
-                            S = e0 * iw0 + e1 * iw1 + e2 * iw2  # 1 / w
-                            sd = sg * dl / S
-                            sdr = sg * dl * (e0 * jw0 + e1 * jw1 + e2 * jw2) / S  # sign * (w - w0) |d|
+                            # barycentric weights e_k / (e0 + e1 + e2): 1 / w and (w - w0) / w are convex
+                            # combinations of the corners' values (exact for a plane, and they cannot leave the
+                            # face's range however thin the face is on the image)
+                            S = e0 * iw0 + e1 * iw1 + e2 * iw2  # (e0 + e1 + e2) / w
+                            gS = sg * dl / S
+                            sd = gS * (e0 + e1 + e2)
+                            sdr = gS * (e0 * jw0 + e1 * jw1 + e2 * jw2)  # sign * (w - w0) |d|
                             if li < 0:
                                 for j in ti.static(range(J)):
                                     if chv[j] >= 0:
