@@ -15,7 +15,10 @@ re-rasterized only when the camera changes, the per-material path lengths are
 re-weighted only when visibility or attenuation scales change, the
 Beer-Lambert kernel runs only when the spectrum or the lengths change, and the
 display mapping (a Taichi kernel into the window image) only when the image or
-window/level change. Arrays stay torch tensors on the kernels' device.
+window/level change. Arrays stay torch tensors on the kernels' device; on Vulkan, Metal and
+OpenGL (:func:`taichi_xray.runtime.resident`) the path lengths of a mesh scene stay a
+``ti.ndarray`` on the device and only the Beer-Lambert sums come back to the host (see
+:class:`XrayPipeline` and docs/backends.md).
 
 Headless: ``taichi-xray view SCENE --offscreen --frames N --out DIR`` renders
 a scripted camera path without showing a window (``ti.ui.Window(...,
@@ -48,6 +51,7 @@ import taichi as ti
 import torch
 
 from . import runtime
+from .kernels import buffers as kb
 from .viewer_state import (DISPLAY_KINDS, IMAGING_STAGES, KEY_HELP, KVP_RANGE, FILTER_MAX_MM, SCALE_RANGE,
                            ViewerState, camera_path, display_quantity, unique_stem)
 
@@ -164,14 +168,24 @@ class XrayPipeline:
     or the heel effect change, the imaging stage (scenes with ``[source]``, a detector model
     or ``[scatter]``: :meth:`Pipeline.output_image`) only when Beer-Lambert ran, a stage
     switch changed or the detector noise (on/off, seed) changed, and the display mapping
-    only when the image or window/level change. Arrays stay torch tensors on the kernels' device.
+    only when the image or window/level change.
 
-    Arrays: ``L`` (C, H, W) per-material path lengths (mm, incl. air; with a focal spot those
-    of the first source sample), ``L_all`` (I, C, H, W) those of every rasterizer instance
-    (one per focal-spot sample), ``T`` (H', W') transmission (H' = H / binning), ``image``
-    (H', W') the displayed quantity. ``I0`` is the unattenuated signal. ``timings`` (ms) of the
-    last :meth:`update`: rasterize, physics, display (0 when a stage was skipped), and
-    imaging when the imaging stage ran.
+    Where the arrays live: torch tensors on the kernels' device (CPU, CUDA); with device
+    residency (``resident``: :func:`taichi_xray.runtime.resident` and a mesh scene,
+    :meth:`Pipeline.resident_ok`) the rasterizer, its path lengths ``L_all`` and the
+    Beer-Lambert stage stay on the device (``ti.ndarray``): a spectrum change re-runs
+    Beer-Lambert on the kept ndarray and downloads only its sums (B, I, H, W). What needs the
+    path lengths on the host (the heel effect's per-view weights, the scatter stage's
+    water-equivalent thickness, :attr:`L`) downloads ``L_all`` once per rasterization
+    (:meth:`host_L_all`; counted in ``n_L_downloads``).
+
+    Arrays: ``L_all`` (I, C, H, W) per-material path lengths (mm, incl. air) of every rasterizer
+    instance (one per focal-spot sample; torch, or a ``ti.ndarray`` when ``resident``), ``L``
+    (C, H, W) those of the first instance (torch, downloaded when resident), ``T`` (H', W')
+    transmission (H' = H / binning), ``image`` (H', W') the displayed quantity (torch, host or
+    CUDA). ``I0`` is the unattenuated signal. ``timings`` (ms) of the last :meth:`update`:
+    rasterize, physics, display (0 when a stage was skipped), and imaging when the imaging
+    stage ran.
     """
 
     def __init__(self, scene):
@@ -186,18 +200,44 @@ class XrayPipeline:
         self.imaging0 = self.pipe.imaging  # the scene's own imaging stage; switches start from it
         self.imaging_mode = bool(self.imaging0.active)
         self.imaging_noise = self.imaging0.noise is not None  # the detector model's noise replaces ours
+        self.resident = bool(runtime.resident() and self.pipe.resident_ok())
         self.V = self.pipe.pack_vertices()
         self._keys = {}
         self._spectra = {}
         self.camera = None
         self._cam = None
-        self.L = self.L_all = self.T = self.image = self.raw = None
+        self.L_all = self.T = self.image = self.raw = None
+        self._L_host = None  # resident: the host copy of L_all, downloaded on demand once per rasterization
+        self.n_L_downloads = 0
         self._reading = None
         self.I0 = 1.0
         self.window = (0.0, 1.0)
         self.timings = {"rasterize": 0.0, "physics": 0.0, "display": 0.0}
         self.last_timings = dict(self.timings)  # of the last update that recomputed something
         self.n_rasterized = self.n_physics = self.n_imaging = 0
+
+    @property
+    def L(self) -> Optional[torch.Tensor]:
+        """(C, H, W) path lengths (mm) of the first rasterizer instance, torch (resident: from the
+        one download of :meth:`host_L_all`); None before the first :meth:`update`."""
+        L = self.host_L_all()
+        return None if L is None else L[0]
+
+    def host_L_all(self) -> Optional[torch.Tensor]:
+        """``L_all`` (I, C, H, W) as a torch tensor: itself when not resident, else its host copy,
+        downloaded at the first call after a rasterization and kept until the next one."""
+        L = self.L_all
+        if L is None or not kb.is_nd(L):
+            return L
+        if self._L_host is None:
+            self._L_host = kb.to_torch(L, self.device)
+            self.n_L_downloads += 1
+        return self._L_host
+
+    def _scatter_L(self):
+        """What ``Pipeline._last_L`` is given before the imaging stage: the host path lengths when
+        the scatter stage reads them (its water-equivalent thickness), else ``L_all`` as it is."""
+        return self.host_L_all() if self.pipe.imaging.scatter is not None else self.L_all
 
     def _sync(self):
         ti.sync()
@@ -262,10 +302,10 @@ class XrayPipeline:
         if self._keys.get("raster") != rk:
             pipe.set_cameras(self._cam)
             pipe.set_object_weights(visible=state.visible, mu_scale=state.mu_scale)
-            st = pipe.project(self.V)
-            self.L_all = st.L  # (I, C, H, W): every source sample of a focal spot
+            st = pipe.project(self.V, resident=self.resident)
+            self.L_all = st.L  # (I, C, H, W): every source sample of a focal spot; resident: a ti.ndarray
+            self._L_host = None
             pipe._last_L = st.L  # as Pipeline.render: the scatter stage reads it
-            self.L = st.L[0]
             self.camera = pipe.cameras[0]
             self._sync()
             self._keys["raster"] = rk
@@ -283,9 +323,16 @@ class XrayPipeline:
                 self._spectra[sk] = spec
             if spec is not pipe.spectrum:
                 pipe.set_spectrum(spec)
-            _, _, self.I0 = pipe.physics_tables(pipe.physics_dtype, self.L.device)
+            dev = self.device if self.resident else self.L_all.device
+            _, _, self.I0 = pipe.physics_tables(pipe.physics_dtype, dev)
             if self.imaging_mode:
-                self.raw = pipe.physics(self.L_all)  # (B, I, H, W) Beer-Lambert sums of every instance
+                # (B, I, H, W) Beer-Lambert sums of every instance; resident: on the device from the kept
+                # ndarray, one download of the sums; the heel effect (weights per view) runs in torch on the
+                # host copy of L (downloaded once per rasterization, not per spectrum change)
+                L = self.host_L_all() if (self.resident and pipe.imaging.heel) else self.L_all
+                self.raw = pipe.physics(L)
+            elif self.resident:  # no imaging stage: one camera, one source, one instance
+                self.T_clean = pipe.physics(self.L_all)[0, 0] / self.I0
             else:
                 self.T_clean = pipe.physics(self.L[None])[0, 0] / self.I0
             self._sync()
@@ -300,7 +347,7 @@ class XrayPipeline:
         if self.imaging_mode:
             ok = (state.imaging_key(), (pipe_noise, int(state.seed)) if self.imaging_noise else None)
             if self._keys.get("imaging_out") != ok:
-                pipe._last_L = self.L_all
+                pipe._last_L = self._scatter_L()
                 with torch.no_grad():
                     self.T_clean = pipe.output_image(self.raw, "transmission", noise=pipe_noise)[0]
                 self._reading = None
@@ -349,7 +396,7 @@ class XrayPipeline:
         """(H', W') the imaging stage's intensity output (:meth:`Pipeline.output_image`, kind
         "intensity") for the current Beer-Lambert sums; cached until the imaging stage reruns."""
         if self._reading is None:
-            self.pipe._last_L = self.L_all
+            self.pipe._last_L = self._scatter_L()
             with torch.no_grad():
                 self._reading = self.pipe.output_image(self.raw, "intensity", noise=noise)[0]
         return self._reading

@@ -125,6 +125,303 @@ def rasterize_all():
     return out
 
 
+# ----------------------------------------------------------------------------------------
+# the viewer's update logic (XrayPipeline, no window) on a plain and an imaging scene
+# ----------------------------------------------------------------------------------------
+VIEWER_TOML = """
+[scene]
+name = "small"
+[camera]
+sid = 600.0
+sdd = 1000.0
+detector = [{w}, {h}]
+pixel_spacing = {px}
+lao = 10.0
+cran = -5.0
+[spectrum]
+kvp = {kvp}
+filtration = {{ Al = 2.5 }}
+bin_width = 5.0
+[output]
+kind = "line_integral"
+air = true
+{extra}
+[[object]]
+name = "body"
+mesh = "body.stl"
+material = "soft_tissue"
+[[object]]
+name = "bone"
+mesh = "bone.stl"
+material = "cortical_bone"
+parent = "body"
+[[object]]
+name = "lung"
+mesh = "lung.stl"
+material = "lung"
+parent = "body"
+"""
+
+# every switchable imaging stage except the detector noise (a Poisson draw could flip on a rate that
+# differs by float rounding between the two runs)
+VIEWER_IMAGING = """
+[source]
+mAs = 0.05
+focal_spot = { width_mm = 2.0, samples = 4 }
+heel = true
+falloff = true
+[detector]
+scintillator = { material = "CsI", thickness_mm = 0.6 }
+swank = 0.8
+gain = 0.5
+offset = 100.0
+mtf = { gaussian_sigma_mm = 5.0 }
+[scatter]
+air_gap_mm = 200.0
+"""
+
+# (label, [(parameter, value, index)]): the steps each viewer run goes through
+VIEWER_STEPS = {
+    "plain": [("first", []), ("kvp", [("kvp", 90, None)]), ("filter", [("filter:Cu", 0.3, None)]),
+              ("camera", [("lao", 25.0, None)]), ("hide", [("visible", False, 1)]),
+              ("kind", [("kind", "transmission", None)])],
+    "imaging": [("first", []), ("kvp", [("kvp", 95, None)]), ("heel_scatter_off", [("heel", False, None),
+                                                                                    ("scatter", False, None)]),
+                ("camera", [("lao", -20.0, None)]), ("kvp2", [("kvp", 70, None)]), ("scatter_on", [("scatter", True,
+                                                                                                    None)]),
+                ("blur_off", [("blur", False, None)]), ("intensity", [("kind", "intensity", None)])],
+}
+
+
+def viewer_scenes(folder) -> dict:
+    """{"plain", "imaging"}: the small scene of tests/test_viewer.py (a body with a bone and a lung),
+    without and with an imaging stage (focal spot of 4 samples, heel, falloff, detector model with an
+    MTF, scatter), written into ``folder`` and loaded."""
+    from pathlib import Path
+
+    from taichi_xray.primitives import box, ellipsoid
+    from taichi_xray.scene import load_scene
+
+    d = Path(folder)
+    d.mkdir(parents=True, exist_ok=True)
+    tx.Mesh(*ellipsoid((90.0, 60.0, 110.0), n_lat=12, n_lon=24), "body").save(d / "body.stl")
+    tx.Mesh(*box((30.0, 30.0, 120.0), centre=(0.0, 20.0, 0.0)), "bone").save(d / "bone.stl")
+    tx.Mesh(*icosphere(30.0, 2, centre=(-50.0, -10.0, 20.0)), "lung").save(d / "lung.stl")
+    (d / "plain.toml").write_text(VIEWER_TOML.format(w=48, h=40, px=6.0, kvp=70, extra=""))
+    (d / "imaging.toml").write_text(VIEWER_TOML.format(w=40, h=40, px=6.4, kvp=80, extra=VIEWER_IMAGING))
+    return {k: load_scene(d / f"{k}.toml") for k in ("plain", "imaging")}
+
+
+def viewer_run(scene, steps):
+    """Drive the viewer's :class:`XrayPipeline` through ``steps`` (see VIEWER_STEPS). Returns
+    ({f"{label}_T", f"{label}_image", "L"}: arrays, {"steps": [per step: stages run, counters, whether L
+    is an ndarray, whether the last device Beer-Lambert launch read the kept L, how many times L itself
+    was downloaded so far (counted at Taichi's ndarray download, not by the viewer)], "types": argument
+    types of the rasterizer's and the pipeline's bound launches})."""
+    from taichi.lang._ndarray import Ndarray
+
+    from taichi_xray.kernels.buffers import is_nd
+    from taichi_xray.viewer import XrayPipeline
+    from taichi_xray.viewer_state import ViewerState
+
+    downloads = []
+    orig = Ndarray._ndarray_to_numpy
+
+    def counted(self):
+        downloads.append(id(self))
+        return orig(self)
+
+    Ndarray._ndarray_to_numpy = counted
+    try:
+        pl = XrayPipeline(scene)
+        st = ViewerState.from_scene(scene)
+        arrays, recs = {}, []
+        for label, params in steps:
+            for name, value, index in params:
+                st.set_param(name, value, index)
+            ran = pl.update(st)
+            bl = pl.pipe._launch._c.get("bl_res")
+            recs.append({"label": label, "ran": sorted(ran), "n_rasterized": pl.n_rasterized,
+                         "n_physics": pl.n_physics, "n_imaging": pl.n_imaging, "n_L_downloads": pl.n_L_downloads,
+                         "L_nd": bool(is_nd(pl.L_all)), "L_shape": list(pl.L_all.shape),
+                         "bl_reads_L": bool(bl is not None and any(a is pl.L_all for a in bl.args)),
+                         "L_fetched": downloads.count(id(pl.L_all)), "resident": bool(pl.resident)})
+            arrays[f"{label}_T"] = pl.T.detach().cpu().numpy()
+            arrays[f"{label}_image"] = pl.image.detach().cpu().numpy()
+        arrays["L"] = pl.L.cpu().numpy()  # the first instance's path lengths (resident: one download)
+        recs.append({"label": "L", "n_L_downloads": pl.n_L_downloads, "L_fetched": downloads.count(id(pl.L_all))})
+        types = {"rasterizer": arg_types(pl.pipe.rasterizer(torch.float32, resident=True)._launch)
+                 if pl.resident else {}, "pipeline": arg_types(pl.pipe._launch)}
+    finally:
+        Ndarray._ndarray_to_numpy = orig
+    return arrays, {"steps": recs, "types": types}
+
+
+def viewer_all(folder):
+    """{f"v_{scene}_{key}": array}, {scene: info} of viewer_run on both viewer scenes."""
+    import warnings
+
+    arrays, info = {}, {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scenes = viewer_scenes(folder)
+    for name, sc in scenes.items():
+        a, info[name] = viewer_run(sc, VIEWER_STEPS[name])
+        arrays.update({f"v_{name}_{k}": v for k, v in a.items()})
+    return arrays, info
+
+
+# ----------------------------------------------------------------------------------------
+# the dataset worker (SampleRenderer) on a tiny scene: masks, path lengths, scatter, detector model
+# ----------------------------------------------------------------------------------------
+DS_SCENE = """
+[camera]
+sid = 500.0
+sdd = 800.0
+detector = [40, 32]
+pixel_spacing = 6.0
+[spectrum]
+kvp = 90
+filtration = { Al = 2.5 }
+bin_width = 5.0
+[detector]
+kind = "energy"
+scintillator = { material = "CsI", thickness_mm = 0.6 }
+[output]
+air = true
+""" + "".join(f"""
+[[object]]
+name = "{n}"
+mesh = "{n}.obj"
+material = "{m}"
+{'' if n == 'body' else 'parent = "body"'}
+""" for n, m in (("body", "soft_tissue"), ("lung_left", "lung"), ("lung_right", "lung"), ("heart", "blood"),
+                 ("bone", "cortical_bone")))
+
+DS_SPHERES = {"body": (60, (0, 0, 0), 2), "lung_left": (18, (25, 0, 5), 2), "lung_right": (18, (-25, 0, 5), 2),
+              "heart": (12, (0, -20, -5), 2), "bone": (8, (0, 35, 0), 2)}
+
+_DS_HEAD = """
+[dataset]
+scenes = ["scene.toml"]
+[camera]
+lao = { dist = "uniform", low = -30, high = 30 }
+cran = { dist = "uniform", low = -10, high = 10 }
+[[pose]]
+objects = ["heart"]
+rotate_deg = { dist = "normal", mean = 0, std = 5 }
+translate = { dist = "uniform", low = -2, high = 2 }
+"""
+
+# (file, seed, samples): "scatter": Beer-Lambert through Pipeline.physics, kernel scatter (reads L on the
+# host), masks and path-length maps; "detector": the detector model's two-row Beer-Lambert (CsI MTF, no
+# noise) at two tube voltages (the attenuation table changes between samples), a mask
+DATASETS = {
+    "scatter": (_DS_HEAD + """
+[scatter]
+air_gap_mm = 100.0
+[output]
+uint16 = { window = [0.0, 6.0] }
+masks = { lungs = ["lung_*"], heart = ["heart"] }
+path_lengths = { bone = ["bone"], lungs_mm = ["lung_*"] }
+""", 5, 3),
+    "detector": (_DS_HEAD + """
+[spectrum]
+kvp = { dist = "choice", values = [70, 100] }
+[detector_model]
+preset = "csi"
+gain = 0.5
+offset = 100.0
+[output]
+kind = "intensity"
+masks = { heart = ["heart"] }
+""", 2, 3),
+}
+
+
+def dataset_files(folder):
+    """Write the tiny scene's meshes, the scene and the DATASETS files into ``folder``."""
+    from pathlib import Path
+
+    d = Path(folder)
+    d.mkdir(parents=True, exist_ok=True)
+    for n, (r, c, s) in DS_SPHERES.items():
+        tx.Mesh(*icosphere(r, s, c), n).save(d / f"{n}.obj")
+    (d / "scene.toml").write_text(DS_SCENE)
+    for name, (text, _, _) in DATASETS.items():
+        (d / f"{name}.toml").write_text(text)
+    return d
+
+
+def dataset_run(path, seed, n):
+    """Samples 0..n-1 of the dataset file ``path`` by one SampleRenderer. Returns ({f"{i}_{field}": array}
+    (image, image_u16, masks, path_lengths, params), {"samples": per sample: whether L was an ndarray, how
+    many times the main pipeline's L and the path-length pipeline's L were downloaded during that sample
+    (counted where Taichi copies an ndarray to the host), whether the detector model's launch read the
+    projected L; "types": argument types of every bound launch of the worker, its pipelines and their
+    rasterizers})."""
+    from taichi.lang._ndarray import Ndarray
+
+    from taichi_xray.datasets.spec import load_dataset
+    from taichi_xray.datasets.worker import SampleRenderer
+    from taichi_xray.kernels.buffers import is_nd
+
+    downloads = []
+    orig = Ndarray._ndarray_to_numpy
+
+    def counted(self):
+        downloads.append(id(self))
+        return orig(self)
+
+    Ndarray._ndarray_to_numpy = counted
+    try:
+        r = SampleRenderer(load_dataset(path), seed)
+        arrays, recs = {}, []
+        for i in range(n):
+            downloads.clear()
+            res = r.render(i)
+            assert not res.failed, res.error
+            st = r._scenes[0]
+            L = st.pipe._last_L
+            dm = r._launch._c.get("dm_bl") if r._launch is not None else None
+            recs.append({"L_nd": bool(is_nd(L)), "L_fetched": downloads.count(id(L)),
+                         "len_L_nd": bool(st.len_pipe is not None and is_nd(st.len_pipe._last_L)),
+                         "len_L_fetched": downloads.count(id(st.len_pipe._last_L)) if st.len_pipe else 0,
+                         "dm_reads_L": bool(dm is not None and dm.args[0] is L), "n_fetched": len(downloads)})
+            for k in ("image", "image_u16", "masks", "path_lengths"):
+                v = getattr(res, k)
+                if v is not None:
+                    arrays[f"{i}_{k}"] = v.cpu().numpy()
+            arrays[f"{i}_params"] = res.params
+        st = r._scenes[0]
+        types = {"worker": arg_types(r._launch) if r._launch is not None else {}}
+        for tag, pipe in (("pipe", st.pipe), ("len_pipe", st.len_pipe)):
+            if pipe is None:
+                continue
+            types[f"{tag}"] = arg_types(pipe._launch)
+            for (dt, res_), rz in pipe._rz.items():
+                if res_:
+                    types[f"{tag}_rasterizer"] = arg_types(rz._launch)
+                    types[f"{tag}_pool"] = arg_types(rz._pool._launch)
+    finally:
+        Ndarray._ndarray_to_numpy = orig
+    return arrays, {"samples": recs, "types": types, "param_names": list(r.param_names)}
+
+
+def dataset_all(folder):
+    """{f"d_{name}_{key}": array}, {name: info} of dataset_run on every DATASETS file."""
+    import warnings
+
+    d = dataset_files(folder)
+    arrays, info = {}, {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, (_, seed, n) in DATASETS.items():
+            a, info[name] = dataset_run(d / f"{name}.toml", seed, n)
+            arrays.update({f"d_{name}_{k}": v for k, v in a.items()})
+    return arrays, info
+
+
 def arg_types(launch_cache) -> dict:
     return {str(k): [type(a).__module__ + "." + type(a).__name__ for a in b.args] for k, b in launch_cache._c.items()}
 
@@ -185,11 +482,17 @@ def main(path):
         gV, _ = r.backward(st, g)
         res[f"b_gV_{int(resident)}"] = gV.numpy()
         res[f"b_L_{int(resident)}"] = (st.L.to_numpy() if resident else st.L.numpy())
+    import os
+
+    varr, vinfo = viewer_all(os.path.join(os.path.dirname(os.path.abspath(path)), "viewer_scenes"))
+    res.update(varr)
+    darr, dinfo = dataset_all(os.path.join(os.path.dirname(os.path.abspath(path)), "dataset_scenes"))
+    res.update(darr)
     np.savez(path, **res)
     with open(str(path) + ".json", "w") as f:
         json.dump({"types": types, "same_ids": bool(same), "K0": int(K0), "K1": int(srz.K), "K_first": int(K_first),
                    "changed_args": [names[i].name for i in changed],
-                   "fit_resident": fit_resident}, f)
+                   "fit_resident": fit_resident, "viewer": vinfo, "datasets": dinfo}, f)
 
 
 if __name__ == "__main__":

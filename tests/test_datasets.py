@@ -524,3 +524,37 @@ def test_scatter_adds_to_the_primary_and_a_grid_removes_some(scene_dir):
     far = float((V @ P[2, :3] + P[2, 3]).max())
     assert gap == pytest.approx(Camera.from_projection_matrix(P, 48, 40, 4.0).detector_distance - far, abs=1e-6)
     assert np.isnan(imgs["none"].params[names.index("air_gap_mm")])
+
+
+@pytest.mark.parametrize("detector_model", [False, True])
+def test_focal_spot_scene_averages_its_source_samples(scene_dir, tmp_path, detector_model):
+    """A scene with a focal spot rasterizes one instance per source sample; the worker averages their
+    Beer-Lambert sums with the pipeline's sample weights (the detector model's two-row sums once wrote
+    past a (2, 1, H, W) buffer: a heap corruption). Reference: the transmission of every instance from
+    its own path lengths, averaged by hand."""
+    import shutil
+
+    for f in scene_dir.glob("*.obj"):
+        shutil.copy(f, tmp_path / f.name)
+    (tmp_path / "scene.toml").write_text(SCENE.replace("[output]", "[source]\nfocal_spot = { width_mm = 4.0, "
+                                                                   "samples = 4 }\n[output]", 1))
+    extra = ('[detector_model]\npreset = "csi"\ngain = 0.5\noffset = 100.0\n[output]\nkind = "intensity"\n'
+             if detector_model else '[output]\nkind = "transmission"\n')
+    (tmp_path / "ds.toml").write_text('[dataset]\nscenes = ["scene.toml"]\n[camera]\nlao = 20.0\n' + extra)
+    r = SampleRenderer(load_dataset(tmp_path / "ds.toml"), 3)
+    res = r.render(0)
+    assert not res.failed, res.error
+    img = res.image.double()
+    assert torch.isfinite(img).all()
+    pipe = r._scenes[0].pipe
+    L = pipe._last_L  # (4, C, H, W): one instance per source sample
+    assert L.shape[0] == 4
+    if detector_model:
+        assert float(img.min()) > 100.0  # above the offset: a reading, not garbage
+        return
+    I0 = float(pipe.physics_tables(torch.float64, L.device)[2])
+    each = torch.stack([pipe.physics(L[i:i + 1].contiguous())[0, 0].double() / I0 for i in range(4)])
+    w = torch.as_tensor(np.asarray(pipe._inst_weight, np.float64))
+    ref = torch.einsum("i,ihw->hw", w / w.sum(), each)
+    np.testing.assert_allclose(img.numpy(), ref.numpy(), rtol=2e-5, atol=1e-7)
+    assert float((each[0] - ref).abs().max()) > 1e-3  # the samples differ: instance 0 alone would fail

@@ -290,11 +290,11 @@ def test_slot_depths_stay_within_the_face_and_match_the_plane():
     V = V @ Q.T + np.array([3.1, -2.7, 1.3])
     cam = simple_camera(width=160, height=144, f=150.0, dist=400.0)
     r = tx.rasterize(tx.Mesh(V, F), cam)
-    count, sf, sd = r.count.numpy(), r.slot_face.numpy(), r.slot_depth.numpy().astype(np.float64)
+    count, sf, sd = r.count.numpy(), r.slot_face.numpy(), r.slot_depth.numpy()  # slots >= count: unused
     rows, cols, k = np.nonzero(np.arange(sf.shape[-1])[None, None, :] < count[..., None])
     f = sf[rows, cols, k]
     d = cam.pixel_rays(normalize=False)[rows, cols]  # depth component 1
-    w_px = np.abs(sd[rows, cols, k]) / np.linalg.norm(d, axis=1)  # the depth w of the crossing
+    w_px = np.abs(sd[rows, cols, k].astype(np.float64)) / np.linalg.norm(d, axis=1)  # the depth w of the crossing
     _, w = cam.project(V)
     wf = w[F[f]]  # (n, 3) corner depths
     tol = 1e-6 * wf.max()

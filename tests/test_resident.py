@@ -1,4 +1,5 @@
-"""Device residency (Vulkan/Metal): tables and buffers as ti.ndarray, launched without host copies.
+"""Device residency (Vulkan/Metal): tables and buffers as ti.ndarray, launched without host copies
+(the rasterizer, Pipeline.render, the Taichi-tape fit, the viewer's update logic and the dataset worker).
 
 Residency is chosen when Taichi starts, so the resident renders run in a subprocess with
 ``TAICHI_XRAY_RESIDENT=1 TAICHI_XRAY_ARCH=cpu`` (Taichi's CPU backend binds ndarrays through
@@ -56,6 +57,14 @@ def reference():
     assert not fn.resident
     ref["f_loss"], ref["f_grad"], ref["f_image"] = np.array([f0[0], f1[0]]), np.stack([f0[1], f1[1]]), fn.image()
     return ref
+
+
+@pytest.fixture(scope="module")
+def viewer_reference(tmp_path_factory):
+    """The viewer's update logic on the same scenes and steps through the torch buffers (this process)."""
+    if runtime.resident():
+        pytest.skip("the test process itself runs resident (TAICHI_XRAY_RESIDENT=1): no torch-buffer reference")
+    return rw.viewer_all(tmp_path_factory.mktemp("viewer_ref"))
 
 
 def _close(a, b):
@@ -207,3 +216,138 @@ def test_vulkan_ndarray_bound_launch():
         pytest.skip(f"no Vulkan device: {p.stdout.strip()}")
     assert p.returncode == 0 and "OK" in p.stdout, p.stderr[-3000:]
 
+
+
+# ----------------------------------------------------------------------------------------
+# the viewer (XrayPipeline.update, no window)
+# ----------------------------------------------------------------------------------------
+def _nd_only(types: dict, where: str, allow=()):
+    for name, ts in types.items():
+        if name in allow:
+            continue
+        for i, t in enumerate(ts):
+            assert t.startswith("taichi.lang._ndarray.") or t in ("builtins.int", "builtins.float") or \
+                t.endswith(".DataType"), f"{where}/{name} argument {i} is a {t}"
+        assert any(t.startswith("taichi.lang._ndarray.") for t in ts), f"{where}/{name}"
+
+
+def test_viewer_resident_matches(resident, viewer_reference):
+    """Every displayed image (transmission and the image of the display kind) of the resident viewer
+    equals the torch-buffer viewer's on the same states, the stages that ran are the same, and the
+    torch-buffer viewer kept L as torch and downloaded nothing."""
+    res, info = resident
+    ref, rinfo = viewer_reference
+    for scene, steps in rw.VIEWER_STEPS.items():
+        got, want = info["viewer"][scene]["steps"], rinfo[scene]["steps"]
+        for (label, _), g, w in zip(steps, got, want):
+            assert g["label"] == w["label"] == label
+            for k in ("ran", "n_rasterized", "n_physics", "n_imaging", "L_shape"):
+                assert g[k] == w[k], (scene, label, k)
+            assert not w["resident"] and not w["L_nd"] and w["n_L_downloads"] == w["L_fetched"] == 0
+            for kind in ("T", "image"):
+                a, b = res[f"v_{scene}_{label}_{kind}"], ref[f"v_{scene}_{label}_{kind}"]
+                assert a.shape == b.shape and np.isfinite(a).all(), (scene, label, kind)
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max()),
+                                           err_msg=f"{scene} {label} {kind}")
+        _close(res[f"v_{scene}_L"], ref[f"v_{scene}_L"])  # the first instance's path lengths, downloaded
+        # every step changed the image (the spectrum change was applied, not a stale image kept)
+        imgs = [ref[f"v_{scene}_{label}_image"] for label, _ in steps]
+        for (label, _), a, b in zip(steps[1:], imgs[:-1], imgs[1:]):
+            assert np.abs(a - b).max() > 1e-4 * np.abs(b).max(), (scene, label)
+    assert res["v_imaging_L"].shape[0] == 4 and res["v_imaging_L"].max() > 50.0  # channels; the body was seen
+
+
+def test_viewer_resident_keeps_L_on_device(resident):
+    """Resident viewer: L stays the rasterizer's ndarray; a spectrum change re-runs Beer-Lambert from
+    that ndarray without rasterizing or downloading L; L crosses to the host only for what needs it
+    there (heel effect, scatter, the L read-out), once per rasterization (downloads counted where Taichi
+    copies an ndarray to the host, not by the viewer)."""
+    _, info = resident
+    steps = {s["label"]: s for s in info["viewer"]["plain"]["steps"]}
+    for s in info["viewer"]["plain"]["steps"][:-1]:
+        assert s["resident"] and s["L_nd"] and s["bl_reads_L"], s  # Beer-Lambert read the kept ndarray
+        assert s["L_fetched"] == s["n_L_downloads"] == 0, s  # no imaging stage: L never downloaded
+    for label in ("kvp", "filter"):  # spectrum: physics only
+        assert "rasterize" not in steps[label]["ran"] and "physics" in steps[label]["ran"]
+    assert (steps["kvp"]["n_rasterized"], steps["kvp"]["n_physics"]) == (1, 2)
+    assert (steps["filter"]["n_rasterized"], steps["filter"]["n_physics"]) == (1, 3)
+    assert (steps["camera"]["n_rasterized"], steps["camera"]["n_physics"]) == (2, 4)
+    assert steps["L"]["L_fetched"] == steps["L"]["n_L_downloads"] == 1  # pipeline.L: downloaded on demand
+    im = info["viewer"]["imaging"]["steps"]
+    assert all(s["resident"] and s["L_nd"] and s["L_shape"][0] == 4 for s in im[:-1])  # 4 focal-spot samples
+    assert [s["n_rasterized"] for s in im[:-1]] == [1, 1, 1, 2, 2, 2, 2, 2]
+    assert [s["n_physics"] for s in im[:-1]] == [1, 2, 3, 4, 5, 5, 5, 5]
+    # L downloads: heel + scatter share one per rasterization; without them none; scatter back on: one
+    assert [s["L_fetched"] for s in im] == [1, 1, 1, 1, 1, 2, 2, 2, 2]
+    assert all(s["L_fetched"] == s["n_L_downloads"] for s in im)
+    # Beer-Lambert on the device from the kept ndarray once the heel effect (per-view weights) is off
+    assert [s["bl_reads_L"] for s in im[2:-1]] == [True] * 6
+    for scene in ("plain", "imaging"):
+        types = info["viewer"][scene]["types"]
+        _nd_only(types["rasterizer"], f"{scene} rasterizer")
+        _nd_only(types["pipeline"], f"{scene} pipeline", allow=("bl",))  # bl: the heel effect's torch path
+        assert {"air", "bl_res"} <= set(types["pipeline"]) and {"fwd"} <= set(types["rasterizer"])
+
+
+# ----------------------------------------------------------------------------------------
+# the dataset worker (SampleRenderer.render)
+# ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dataset_reference(tmp_path_factory):
+    """The dataset worker on the same files and samples through the torch buffers (this process)."""
+    if runtime.resident():
+        pytest.skip("the test process itself runs resident (TAICHI_XRAY_RESIDENT=1): no torch-buffer reference")
+    return rw.dataset_all(tmp_path_factory.mktemp("dataset_ref"))
+
+
+def test_dataset_worker_resident_matches(resident, dataset_reference):
+    """Images, 16-bit copies, masks, path-length maps and parameters of the resident worker equal the
+    torch-buffer worker's on the same samples: Beer-Lambert with kernel scatter, and the detector model
+    (two-row Beer-Lambert, MTF) at two tube voltages."""
+    res, info = resident
+    ref, rinfo = dataset_reference
+    fields = {"scatter": ("image", "image_u16", "masks", "path_lengths", "params"),
+              "detector": ("image", "masks", "params")}
+    for name, (_, _, n) in rw.DATASETS.items():
+        assert sorted(k for k in res if k.startswith(f"d_{name}_")) == sorted(
+            f"d_{name}_{i}_{f}" for i in range(n) for f in fields[name])
+        assert not any(s["L_nd"] or s["len_L_nd"] for s in rinfo[name]["samples"])  # the reference: torch
+        for i in range(n):
+            k = f"d_{name}_{i}_"
+            a, b = res[k + "image"], ref[k + "image"]
+            assert a.shape == b.shape == (32, 40) and np.isfinite(a).all(), k
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max()), err_msg=k + "image")
+            np.testing.assert_array_equal(res[k + "masks"], ref[k + "masks"], err_msg=k + "masks")
+            assert res[k + "masks"].any(axis=(1, 2)).all(), k  # every group was seen
+            np.testing.assert_array_equal(res[k + "params"], ref[k + "params"], err_msg=k + "params")
+            if name == "scatter":
+                np.testing.assert_allclose(res[k + "path_lengths"], ref[k + "path_lengths"], rtol=1e-5,
+                                           atol=1e-5 * float(np.abs(ref[k + "path_lengths"]).max()))
+                assert 14.0 < float(ref[k + "path_lengths"][0].max()) <= 16.0  # bone: a sphere of radius 8 mm
+                assert np.abs(res[k + "image_u16"].astype(np.int64) - ref[k + "image_u16"]).max() <= 1, k
+        images = [ref[f"d_{name}_{i}_image"] for i in range(n)]
+        assert all(np.abs(a - b).max() > 1e-3 * np.abs(b).max() for a, b in zip(images[:-1], images[1:]))
+    kvp = rinfo["detector"]["param_names"].index("kvp")
+    assert {float(ref[f"d_detector_{i}_params"][kvp]) for i in range(3)} == {70.0, 100.0}  # mu changed
+
+
+def test_dataset_worker_resident_keeps_L_on_device(resident):
+    """Resident worker: the path lengths, slots and path-length maps are ndarrays; Beer-Lambert (the
+    pipeline's, and the detector model's two-row sums) reads the projected L on the device; L comes down
+    once per sample for scatter's water-equivalent thickness and not at all without scatter; the
+    path-length pipeline's maps come down once per sample (downloads counted where Taichi copies an
+    ndarray to the host); every bound launch binds only ndarrays."""
+    _, info = resident
+    sc, dm = info["datasets"]["scatter"], info["datasets"]["detector"]
+    for s in sc["samples"]:
+        assert s["L_nd"] and s["len_L_nd"], s
+        assert (s["L_fetched"], s["len_L_fetched"]) == (1, 1), s
+    for s in dm["samples"]:
+        assert s["L_nd"] and s["len_L_nd"] and s["dm_reads_L"], s
+        assert (s["L_fetched"], s["len_L_fetched"]) == (0, 1), s
+    for name, d in info["datasets"].items():
+        for cache, types in d["types"].items():
+            _nd_only(types, f"{name} {cache}")
+        assert {"fwd", "nest"} <= set(d["types"]["pipe_rasterizer"]) and "fwd" in d["types"]["len_pipe_rasterizer"]
+        assert "air" in d["types"]["pipe"]
+    assert "bl_res" in sc["types"]["pipe"] and set(dm["types"]["worker"]) == {"dm_bl"}

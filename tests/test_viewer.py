@@ -266,6 +266,8 @@ def test_pipeline_weights_hide_and_scale_objects(scene):
 
 
 def test_pipeline_caches_stages(scene):
+    import torch
+
     from taichi_xray.render import render
     from taichi_xray.viewer import XrayPipeline
 
@@ -285,6 +287,9 @@ def test_pipeline_caches_stages(scene):
     st.handle_key("Right")
     assert "rasterize" in pl.update(st)
     assert pl.n_rasterized == 3
+    # torch buffers (this process is not resident): L is the rasterizer's torch tensor, never downloaded
+    assert not pl.resident and isinstance(pl.L_all, torch.Tensor) and pl.L_all.shape[0] == 1
+    assert pl.L.data_ptr() == pl.L_all.data_ptr() and pl.n_L_downloads == 0
 
 
 # ----------------------------------------------------------------------------------------

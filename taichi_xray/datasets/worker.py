@@ -20,6 +20,17 @@ Per sample (:meth:`SampleRenderer.render`):
    electronic noise) read back as ``T = (reading - offset) / gain / S1_0``;
    line integral ``-ln(max(T, floor))`` with ``floor`` half a photon;
 5. outputs: float32 image, 16-bit copy, group masks / path lengths, landmarks, P.
+
+Device residency (:func:`taichi_xray.runtime.resident`: Vulkan, Metal, OpenGL/GLES or
+``TAICHI_XRAY_RESIDENT=1``; mesh scenes, :meth:`Pipeline.resident_ok`): both pipelines project
+with ``resident=True``, so the path lengths L (I, C, H, W), the counts and the slots stay
+``ti.ndarray`` on the device; the nesting check reads the slots there (the P x P conflict
+counts come down), Beer-Lambert runs there (:meth:`Pipeline.physics`, or the detector model's
+two-row sums: one launch of the same kernel on the kept L) and only its sums come down. L itself
+comes down at most once per sample, and only when the host reads it: scatter's
+water-equivalent thickness and the heel effect (per-view weights: the torch Beer-Lambert). The
+masks / path-length pipeline's (G, H, W) result comes down once (it is written to disk).
+Elsewhere (CPU, CUDA) every array is a torch tensor on the kernels' device, as before.
 """
 from __future__ import annotations
 
@@ -31,6 +42,7 @@ import torch
 
 from .. import runtime
 from ..camera import Camera
+from ..kernels import buffers as kb
 from ..pipeline import NestingError, Pipeline
 from ..rasterize import GeometryError
 from .sampling import SampleParams, check_seed, draw, parameter_names
@@ -95,6 +107,26 @@ class SampleResult:
     landmarks_visible: np.ndarray
     landmarks_3d: np.ndarray
     P: np.ndarray
+
+
+class _PathLengths:
+    """The path lengths L (I, C, H, W) of one projection as the kernels keep them (``dev``: a torch
+    tensor, or a resident ``ti.ndarray``) and, for what reads them on the host, their torch copy
+    (:meth:`host`: the tensor itself, or the ndarray downloaded at the first call and kept)."""
+
+    __slots__ = ("dev", "device", "_host")
+
+    def __init__(self, L, device):
+        self.dev, self.device, self._host = L, device, None
+
+    @property
+    def resident(self) -> bool:
+        return kb.is_nd(self.dev)
+
+    def host(self) -> torch.Tensor:
+        if self._host is None:
+            self._host = kb.to_torch(self.dev, self.device) if kb.is_nd(self.dev) else self.dev
+        return self._host
 
 
 class _SceneState:
@@ -190,6 +222,8 @@ class SampleRenderer:
         self.landmark_names = spec.landmark_names if spec.output.landmarks else []
         self._scenes: dict = {}
         self._models: dict = {}
+        self._pool = None  # resident: the detector model's Beer-Lambert buffers (ti.ndarray)
+        self._launch = None
 
     # ------------------------------------------------------------------ setup
     def _state(self, s: int) -> _SceneState:
@@ -220,6 +254,11 @@ class SampleRenderer:
             spec = st._spectra[key] = Spectrum.tungsten(p.kvp, filtration=dict(p.filtration),
                                                         bin_width=ss.bin_width)
         return spec
+
+    @staticmethod
+    def _resident(pipe: Pipeline) -> bool:
+        """Whether ``pipe`` projects resident (see the module docstring)."""
+        return runtime.resident() and pipe.resident_ok()
 
     def _pipelines(self, st: _SceneState, cam: Camera):
         if st.pipe is None:
@@ -277,22 +316,28 @@ class SampleRenderer:
             return spectrum.photons / spectrum.photons.sum() * p.photons_per_pixel
         return np.asarray(spectrum.photons, dtype=np.float64)
 
-    def _transmission(self, st: _SceneState, pipe: Pipeline, L: torch.Tensor, spectrum, p: SampleParams,
+    def _transmission(self, st: _SceneState, pipe: Pipeline, Lp: _PathLengths, spectrum, p: SampleParams,
                       cam: Camera, verts):
-        """(T (H, W), intensity (H, W), floor) in the physics dtype on the device."""
+        """(T (H, W), intensity (H, W), floor) in the physics dtype on the device (torch).
+        ``Lp``: the projection's path lengths; resident, Beer-Lambert reads them on the device and
+        :meth:`_PathLengths.host` downloads them only for scatter and the heel effect."""
         spec = self.spec
-        dt, dev = self.physics_dtype, L.device
+        L = Lp.dev
+        dt, dev = self.physics_dtype, Lp.device
         gen = None
         if spec.noise is not None:
             gen = torch.Generator(device=dev)
             gen.manual_seed(p.noise_seed)
         dm = spec.detector_model
         if dm is None:
-            I = pipe.physics(L)[0, 0]
+            # resident: Beer-Lambert on the device, one download of the sums; the heel effect's per-view
+            # weights run the torch path on the host copy of L (the one download, shared with scatter)
+            # (a focal spot: one rasterizer instance per source sample, averaged with the pipeline's weights)
+            I = pipe._sources_combined(pipe.physics(Lp.host() if (Lp.resident and pipe.imaging.heel) else L))[0, 0]
             I0 = pipe.physics_tables(dt, dev)[2]
             T = I / I0
             if spec.scatter is not None:
-                T = T + self._scatter(st, pipe, L, T, spectrum, p, cam, verts)
+                T = T + self._scatter(st, pipe, Lp.host(), T, spectrum, p, cam, verts)
                 I = T * I0
             if spec.noise is None:
                 return T, I, torch.finfo(dt).tiny
@@ -307,14 +352,18 @@ class SampleRenderer:
         N = self._photons(spectrum, p, cam)
         w = np.zeros((2, 1, mu.shape[1]))
         w[:, 0, :len(e)] = signal_weights(N, e, st.scene.detector)
-        S = torch.zeros((2, 1, L.shape[2], L.shape[3]), dtype=dt, device=dev)
-        kp.beer_lambert(L, mu, torch.as_tensor(w, dtype=dt, device=dev).contiguous(), S, pipe.n_channels, 2, 0)
+        if Lp.resident:
+            S = self._two_row_sums(pipe, L, mu, w)
+        else:  # (2, I, H, W): the kernel writes every rasterizer instance (I > 1 with a focal spot)
+            S = torch.zeros((2, L.shape[0], L.shape[2], L.shape[3]), dtype=dt, device=dev)
+            kp.beer_lambert(L, mu, torch.as_tensor(w, dtype=dt, device=dev).contiguous(), S, pipe.n_channels, 2, 0)
+        S = pipe._sources_combined(S)  # a focal spot's source samples averaged: (2, 1, H, W)
         S10 = float(w[0].sum())
         S1, S2 = S[0, 0], S[1, 0]
         if spec.scatter is not None:  # scatter photons at the scatter's mean energy: S2 grows by E_s S1
             from ..physics.scatter import scatter_energy_keV
 
-            sc = self._scatter(st, pipe, L, S1 / S10, spectrum, p, cam, verts) * S10
+            sc = self._scatter(st, pipe, Lp.host(), S1 / S10, spectrum, p, cam, verts) * S10
             S1, S2 = S1 + sc, S2 + sc * scatter_energy_keV(p.kvp)
         ps = cam.pixel_spacing if cam.pixel_spacing is not None else 1.0
         model = self._models.get(ps)
@@ -342,14 +391,33 @@ class SampleRenderer:
         T = (reading - dm.offset) / dm.gain / S10
         return T, reading, floor
 
+    def _two_row_sums(self, pipe: Pipeline, L, mu: torch.Tensor, w: np.ndarray) -> torch.Tensor:
+        """Resident: the detector model's Beer-Lambert sums (2, I, H, W) (rows S1, S2) of the kept
+        path lengths L (I, C, H, W) ``ti.ndarray``, with mu (C, E8) (uploaded when it changes) and
+        the sample's weights w (2, 1, E8) (uploaded, 2 x E8 numbers), summed on the device by the
+        kernel the torch path calls; one download of the sums (torch, host)."""
+        from ..kernels import physics as kp
+        from ..kernels.launch import LaunchCache
+
+        if self._pool is None:
+            self._pool, self._launch = kb.BufferPool(True), LaunchCache()
+        dt = self.physics_dtype
+        pool = self._pool
+        mu_d = pool.resident_copy(("mu", dt), mu)
+        w_d = pool.upload("dm_w", np.ascontiguousarray(w), dt)
+        S = pool.get("dm_S", (2, L.shape[0], L.shape[2], L.shape[3]), dt, zero=True)
+        self._launch("dm_bl", kp.beer_lambert, L, mu_d, w_d, S, pipe.n_channels, 2, 0)
+        return kb.to_torch(S, self.device)
+
     def _scatter(self, st: _SceneState, pipe: Pipeline, L: torch.Tensor, primary: torch.Tensor, spectrum,
                  p: SampleParams, cam: Camera, verts) -> torch.Tensor:
         """Scatter (H, W), in units of the primary transmission, by the kernel model of
         :mod:`taichi_xray.physics.scatter`: the water-equivalent thickness of the per-material
-        path lengths at the detected spectrum's mean energy (air left out), the sample's kVp
-        and source-detector distance, the air gap (drawn, or "auto": detector distance minus
-        the farthest depth of the top-level objects), rounded to the [scatter] steps for the
-        kernels. Settings outside the calibrated ranges are clamped without a warning per sample."""
+        path lengths L (I, C, H, W; torch, its first instance) at the detected spectrum's mean
+        energy (air left out), the sample's kVp and source-detector distance, the air gap
+        (drawn, or "auto": detector distance minus the farthest depth of the top-level objects),
+        rounded to the [scatter] steps for the kernels. Settings outside the calibrated ranges
+        are clamped without a warning per sample."""
         import warnings
 
         from ..physics.materials import get_material
@@ -414,7 +482,8 @@ class SampleRenderer:
         V = pipe.pack_vertices(verts)
         rs = self._project(pipe, V, p)  # raises NestingError / GeometryError
         cam = pipe.cameras[0]
-        T, I, floor = self._transmission(st, pipe, rs.L, spectrum, p, cam, verts)
+        Lp = _PathLengths(rs.L, self.device if kb.is_nd(rs.L) else rs.L.device)
+        T, I, floor = self._transmission(st, pipe, Lp, spectrum, p, cam, verts)
         if out.kind == "line_integral":
             img = -torch.log(torch.clamp(T, min=floor))
         elif out.kind == "transmission":
@@ -431,7 +500,10 @@ class SampleRenderer:
         if len_pipe is not None:
             len_pipe.set_cameras(cam)
             Vl = len_pipe.pack_vertices([np.concatenate([verts[r] for r in g]) for g in st.len_groups])
-            Lg = len_pipe.project(Vl).L[0]  # (G + G', H, W) union path lengths of the groups
+            # (G + G', H, W) union path lengths of the groups; resident: projected on the device and
+            # downloaded once (they go to disk)
+            Lg = len_pipe.project(Vl, resident=self._resident(len_pipe)).L
+            Lg = (kb.to_torch(Lg, self.device) if kb.is_nd(Lg) else Lg)[0]
             if st.n_masks:
                 masks = Lg[:st.n_masks] > 0
             if len(st.len_groups) > st.n_masks:
@@ -445,9 +517,11 @@ class SampleRenderer:
         most ``nesting_tolerance_px`` pixels are ignored (the check reports isolated single
         pixels where a ray grazes a fold of a mesh: an exit and an entry of the same object at
         equal float32 depths, sorted exit first); the worst ignored count goes to the
-        ``nesting_conflict_px`` parameter. More raises the pipeline's NestingError."""
-        rs = pipe.project(V, keep_slots=True)
-        conf = pipe.rasterizer(V.dtype).nesting_conflicts(rs, pipe.parents, pipe.nesting_tol_mm)
+        ``nesting_conflict_px`` parameter. More raises the pipeline's NestingError. Resident
+        (:meth:`_resident`): L and the slots stay ``ti.ndarray`` on the device and the check reads them there."""
+        res = self._resident(pipe)
+        rs = pipe.project(V, keep_slots=True, resident=res)
+        conf = pipe.rasterizer(V.dtype, resident=res).nesting_conflicts(rs, pipe.parents, pipe.nesting_tol_mm)
         worst = int(conf.max()) if conf.size else 0
         if worst > self.spec.nesting_tolerance_px:
             pipe.check_nesting(rs)  # raises with the objects and pixel counts
