@@ -521,7 +521,8 @@ class SampleRenderer:
         (:meth:`_resident`): L and the slots stay ``ti.ndarray`` on the device and the check reads them there."""
         res = self._resident(pipe)
         rs = pipe.project(V, keep_slots=True, resident=res)
-        conf = pipe.rasterizer(V.dtype, resident=res).nesting_conflicts(rs, pipe.parents, pipe.nesting_tol_mm)
+        conf = pipe.rasterizer(V.dtype, resident=res).nesting_conflicts(rs, pipe.parents, pipe.nesting_tol_mm,
+                                                                         pipe.face_interior)  # (tetrahedra)
         worst = int(conf.max()) if conf.size else 0
         if worst > self.spec.nesting_tolerance_px:
             pipe.check_nesting(rs)  # raises with the objects and pixel counts
