@@ -958,15 +958,19 @@ class Pipeline:
         """Stage 3: Beer-Lambert sums (B, I, H, W) from channel images L (I, C, H, W) (no gradient).
 
         L may be a ``ti.ndarray`` (a resident :meth:`project`): the tables and the sums then stay on the
-        device and the sums come back in one download (torch, host). With the heel effect (weights per
-        view) L is downloaded first and the torch path runs."""
+        device and the sums come back in one download (torch, host). The heel effect's weights (a
+        spectrum per detector row or column) stay on the device too when every instance uses the
+        same view's; with several views whose weights differ, L is downloaded first and the torch path
+        runs (one launch per view)."""
         if kb.is_nd(L):
             dt = self.physics_dtype or kb.torch_dtype(L)
             dev = runtime.torch_device()
-            if self.imaging.heel:
+            groups = self._bl_groups(dt, dev)
+            if len(groups) > 1 or (groups[0][0] is not None and len(groups[0][0]) != L.shape[0]):
                 L = kb.to_torch(L, dev)
             else:
-                mu, w, _ = self.physics_tables(dt, dev)
+                mu = self.physics_tables(dt, dev)[0]
+                w = groups[0][1]
                 pool = self._dev_pool()
                 mu_d, w_d = pool.resident_copy(("mu", dt), mu), pool.resident_copy(("w", dt), w)
                 out = pool.get("bl_out", (w.shape[0], L.shape[0], L.shape[2], L.shape[3]), dt, zero=True)

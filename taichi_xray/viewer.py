@@ -174,8 +174,8 @@ class XrayPipeline:
     residency (``resident``: :func:`taichi_xray.runtime.resident` and a mesh scene,
     :meth:`Pipeline.resident_ok`) the rasterizer, its path lengths ``L_all`` and the
     Beer-Lambert stage stay on the device (``ti.ndarray``): a spectrum change re-runs
-    Beer-Lambert on the kept ndarray and downloads only its sums (B, I, H, W). What needs the
-    path lengths on the host (the heel effect's per-view weights, the scatter stage's
+    Beer-Lambert on the kept ndarray (with the heel effect's weights too) and downloads only its
+    sums (B, I, H, W). What needs the path lengths on the host (the scatter stage's
     water-equivalent thickness, :attr:`L`) downloads ``L_all`` once per rasterization
     (:meth:`host_L_all`; counted in ``n_L_downloads``).
 
@@ -327,10 +327,8 @@ class XrayPipeline:
             _, _, self.I0 = pipe.physics_tables(pipe.physics_dtype, dev)
             if self.imaging_mode:
                 # (B, I, H, W) Beer-Lambert sums of every instance; resident: on the device from the kept
-                # ndarray, one download of the sums; the heel effect (weights per view) runs in torch on the
-                # host copy of L (downloaded once per rasterization, not per spectrum change)
-                L = self.host_L_all() if (self.resident and pipe.imaging.heel) else self.L_all
-                self.raw = pipe.physics(L)
+                # ndarray (the heel effect's per-row weights included: one camera), one download of the sums
+                self.raw = pipe.physics(self.L_all)
             elif self.resident:  # no imaging stage: one camera, one source, one instance
                 self.T_clean = pipe.physics(self.L_all)[0, 0] / self.I0
             else:

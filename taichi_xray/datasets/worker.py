@@ -28,7 +28,7 @@ with ``resident=True``, so the path lengths L (I, C, H, W), the counts and the s
 counts come down), Beer-Lambert runs there (:meth:`Pipeline.physics`, or the detector model's
 two-row sums: one launch of the same kernel on the kept L) and only its sums come down. L itself
 comes down at most once per sample, and only when the host reads it: scatter's
-water-equivalent thickness and the heel effect (per-view weights: the torch Beer-Lambert). The
+water-equivalent thickness. The
 masks / path-length pipeline's (G, H, W) result comes down once (it is written to disk).
 Elsewhere (CPU, CUDA) every array is a torch tensor on the kernels' device, as before.
 """
@@ -320,7 +320,7 @@ class SampleRenderer:
                       cam: Camera, verts):
         """(T (H, W), intensity (H, W), floor) in the physics dtype on the device (torch).
         ``Lp``: the projection's path lengths; resident, Beer-Lambert reads them on the device and
-        :meth:`_PathLengths.host` downloads them only for scatter and the heel effect."""
+        :meth:`_PathLengths.host` downloads them only for scatter."""
         spec = self.spec
         L = Lp.dev
         dt, dev = self.physics_dtype, Lp.device
@@ -330,10 +330,9 @@ class SampleRenderer:
             gen.manual_seed(p.noise_seed)
         dm = spec.detector_model
         if dm is None:
-            # resident: Beer-Lambert on the device, one download of the sums; the heel effect's per-view
-            # weights run the torch path on the host copy of L (the one download, shared with scatter)
-            # (a focal spot: one rasterizer instance per source sample, averaged with the pipeline's weights)
-            I = pipe._sources_combined(pipe.physics(Lp.host() if (Lp.resident and pipe.imaging.heel) else L))[0, 0]
+            # resident: Beer-Lambert on the device (the heel effect's weights included), one download of the
+            # sums; a focal spot: one rasterizer instance per source sample, averaged with the pipeline's weights
+            I = pipe._sources_combined(pipe.physics(L))[0, 0]
             I0 = pipe.physics_tables(dt, dev)[2]
             T = I / I0
             if spec.scatter is not None:
