@@ -114,9 +114,8 @@ def _face_order(F: np.ndarray, V: np.ndarray):
     (benchmarks/results/forward-cpu-2core.md has the resulting figures against gVXR). From VERTEX_ORDER_FACES faces on, vertices are stored in the projection
     buffer in the order the traversal first uses them (``vpos[k]``: position of vertex k;
     ``F_pos = vpos[F_run]``), so the corner reads run nearly in sequence too. Only the order of the rows
-    changes, never a row itself (the edge tie rules read the user's vertex indices), so every face
-    covers exactly the same pixels with the same depths. ``F_run`` holds the faces as given; the
-    tables store them as :func:`_sorted_rows`.
+    changes, so every face covers exactly the same pixels with the same depths. ``F_run`` holds the
+    faces as given; the tables store them as :func:`_sorted_rows`.
     """
     M = len(F)
     if M < REORDER_FACES:

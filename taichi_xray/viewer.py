@@ -206,8 +206,8 @@ class XrayPipeline:
         self._spectra = {}
         self.camera = None
         self._cam = None
-        self.L_all = self.T = self.image = self.raw = None
-        self._L_host = None  # resident: the host copy of L_all, downloaded on demand once per rasterization
+        self.T = self.image = self.raw = None
+        self._L = None  # kb.HostCopy of L_all: resident, downloaded on demand once per rasterization
         self.n_L_downloads = 0
         self._reading = None
         self.I0 = 1.0
@@ -223,16 +223,20 @@ class XrayPipeline:
         L = self.host_L_all()
         return None if L is None else L[0]
 
+    @property
+    def L_all(self):
+        """(I, C, H, W) path lengths as the rasterizer keeps them (torch, or resident a ``ti.ndarray``)."""
+        return None if self._L is None else self._L.dev
+
     def host_L_all(self) -> Optional[torch.Tensor]:
         """``L_all`` (I, C, H, W) as a torch tensor: itself when not resident, else its host copy,
         downloaded at the first call after a rasterization and kept until the next one."""
-        L = self.L_all
-        if L is None or not kb.is_nd(L):
-            return L
-        if self._L_host is None:
-            self._L_host = kb.to_torch(L, self.device)
-            self.n_L_downloads += 1
-        return self._L_host
+        if self._L is None:
+            return None
+        n = self._L.downloads
+        L = self._L.host()
+        self.n_L_downloads += self._L.downloads - n
+        return L
 
     def _scatter_L(self):
         """What ``Pipeline._last_L`` is given before the imaging stage: the host path lengths when
@@ -303,8 +307,7 @@ class XrayPipeline:
             pipe.set_cameras(self._cam)
             pipe.set_object_weights(visible=state.visible, mu_scale=state.mu_scale)
             st = pipe.project(self.V, resident=self.resident)
-            self.L_all = st.L  # (I, C, H, W): every source sample of a focal spot; resident: a ti.ndarray
-            self._L_host = None
+            self._L = kb.HostCopy(st.L, self.device)  # (I, C, H, W): every source sample of a focal spot
             pipe._last_L = st.L  # as Pipeline.render: the scatter stage reads it
             self.camera = pipe.cameras[0]
             self._sync()

@@ -5,6 +5,7 @@ residency is chosen when Taichi is initialised). It writes the resident results 
 launch of the rasterizer and the physics stage, the type of each argument; the test compares them
 with the same scenes rendered by the ordinary (torch-buffer) path of the test process.
 """
+import contextlib
 import json
 import sys
 
@@ -15,6 +16,8 @@ import taichi_xray as tx
 from taichi_xray.physics.spectra import Spectrum
 from taichi_xray.pipeline import Pipeline
 from taichi_xray.primitives import icosphere
+
+from scenes import dataset_scene_toml
 
 H, W = 40, 56
 
@@ -128,40 +131,6 @@ def rasterize_all():
 # ----------------------------------------------------------------------------------------
 # the viewer's update logic (XrayPipeline, no window) on a plain and an imaging scene
 # ----------------------------------------------------------------------------------------
-VIEWER_TOML = """
-[scene]
-name = "small"
-[camera]
-sid = 600.0
-sdd = 1000.0
-detector = [{w}, {h}]
-pixel_spacing = {px}
-lao = 10.0
-cran = -5.0
-[spectrum]
-kvp = {kvp}
-filtration = {{ Al = 2.5 }}
-bin_width = 5.0
-[output]
-kind = "line_integral"
-air = true
-{extra}
-[[object]]
-name = "body"
-mesh = "body.stl"
-material = "soft_tissue"
-[[object]]
-name = "bone"
-mesh = "bone.stl"
-material = "cortical_bone"
-parent = "body"
-[[object]]
-name = "lung"
-mesh = "lung.stl"
-material = "lung"
-parent = "body"
-"""
-
 # every switchable imaging stage except the detector noise (a Poisson draw could flip on a rate that
 # differs by float rounding between the two runs)
 VIEWER_IMAGING = """
@@ -197,32 +166,19 @@ def viewer_scenes(folder) -> dict:
     """{"plain", "imaging"}: the small scene of tests/test_viewer.py (a body with a bone and a lung),
     without and with an imaging stage (focal spot of 4 samples, heel, falloff, detector model with an
     MTF, scatter), written into ``folder`` and loaded."""
-    from pathlib import Path
-
-    from taichi_xray.primitives import box, ellipsoid
+    from scenes import write_viewer_scene
     from taichi_xray.scene import load_scene
 
-    d = Path(folder)
-    d.mkdir(parents=True, exist_ok=True)
-    tx.Mesh(*ellipsoid((90.0, 60.0, 110.0), n_lat=12, n_lon=24), "body").save(d / "body.stl")
-    tx.Mesh(*box((30.0, 30.0, 120.0), centre=(0.0, 20.0, 0.0)), "bone").save(d / "bone.stl")
-    tx.Mesh(*icosphere(30.0, 2, centre=(-50.0, -10.0, 20.0)), "lung").save(d / "lung.stl")
-    (d / "plain.toml").write_text(VIEWER_TOML.format(w=48, h=40, px=6.0, kvp=70, extra=""))
-    (d / "imaging.toml").write_text(VIEWER_TOML.format(w=40, h=40, px=6.4, kvp=80, extra=VIEWER_IMAGING))
-    return {k: load_scene(d / f"{k}.toml") for k in ("plain", "imaging")}
+    return {"plain": load_scene(write_viewer_scene(folder, "plain.toml")),
+            "imaging": load_scene(write_viewer_scene(folder, "imaging.toml", w=40, h=40, px=6.4, kvp=80,
+                                                     extra=VIEWER_IMAGING))}
 
 
-def viewer_run(scene, steps):
-    """Drive the viewer's :class:`XrayPipeline` through ``steps`` (see VIEWER_STEPS). Returns
-    ({f"{label}_T", f"{label}_image", "L"}: arrays, {"steps": [per step: stages run, counters, whether L
-    is an ndarray, whether the last device Beer-Lambert launch read the kept L, how many times L itself
-    was downloaded so far (counted at Taichi's ndarray download, not by the viewer)], "types": argument
-    types of the rasterizer's and the pipeline's bound launches})."""
+@contextlib.contextmanager
+def counted_downloads():
+    """A list that receives id(ndarray) at every device -> host copy Taichi makes of an ndarray while the
+    block runs (counted where the copy happens, not by the code under test)."""
     from taichi.lang._ndarray import Ndarray
-
-    from taichi_xray.kernels.buffers import is_nd
-    from taichi_xray.viewer import XrayPipeline
-    from taichi_xray.viewer_state import ViewerState
 
     downloads = []
     orig = Ndarray._ndarray_to_numpy
@@ -233,6 +189,22 @@ def viewer_run(scene, steps):
 
     Ndarray._ndarray_to_numpy = counted
     try:
+        yield downloads
+    finally:
+        Ndarray._ndarray_to_numpy = orig
+
+
+def viewer_run(scene, steps):
+    """Drive the viewer's :class:`XrayPipeline` through ``steps`` (see VIEWER_STEPS). Returns
+    ({f"{label}_T", f"{label}_image", "L"}: arrays, {"steps": [per step: stages run, counters, whether L
+    is an ndarray, whether the last device Beer-Lambert launch read the kept L, how many times L itself
+    was downloaded so far (counted at Taichi's ndarray download, not by the viewer)], "types": argument
+    types of the rasterizer's and the pipeline's bound launches})."""
+    from taichi_xray.kernels.buffers import is_nd
+    from taichi_xray.viewer import XrayPipeline
+    from taichi_xray.viewer_state import ViewerState
+
+    with counted_downloads() as downloads:
         pl = XrayPipeline(scene)
         st = ViewerState.from_scene(scene)
         arrays, recs = {}, []
@@ -252,8 +224,6 @@ def viewer_run(scene, steps):
         recs.append({"label": "L", "n_L_downloads": pl.n_L_downloads, "L_fetched": downloads.count(id(pl.L_all))})
         types = {"rasterizer": arg_types(pl.pipe.rasterizer(torch.float32, resident=True)._launch)
                  if pl.resident else {}, "pipeline": arg_types(pl.pipe._launch)}
-    finally:
-        Ndarray._ndarray_to_numpy = orig
     return arrays, {"steps": recs, "types": types}
 
 
@@ -274,29 +244,7 @@ def viewer_all(folder):
 # ----------------------------------------------------------------------------------------
 # the dataset worker (SampleRenderer) on a tiny scene: masks, path lengths, scatter, detector model
 # ----------------------------------------------------------------------------------------
-DS_SCENE = """
-[camera]
-sid = 500.0
-sdd = 800.0
-detector = [40, 32]
-pixel_spacing = 6.0
-[spectrum]
-kvp = 90
-filtration = { Al = 2.5 }
-bin_width = 5.0
-[detector]
-kind = "energy"
-scintillator = { material = "CsI", thickness_mm = 0.6 }
-[output]
-air = true
-""" + "".join(f"""
-[[object]]
-name = "{n}"
-mesh = "{n}.obj"
-material = "{m}"
-{'' if n == 'body' else 'parent = "body"'}
-""" for n, m in (("body", "soft_tissue"), ("lung_left", "lung"), ("lung_right", "lung"), ("heart", "blood"),
-                 ("bone", "cortical_bone")))
+DS_SCENE = dataset_scene_toml(w=40, h=32, px=6.0, kvp=90, bin_width=5.0)
 
 DS_SPHERES = {"body": (60, (0, 0, 0), 2), "lung_left": (18, (25, 0, 5), 2), "lung_right": (18, (-25, 0, 5), 2),
               "heart": (12, (0, -20, -5), 2), "bone": (8, (0, 35, 0), 2)}
@@ -360,21 +308,11 @@ def dataset_run(path, seed, n):
     (counted where Taichi copies an ndarray to the host), whether the detector model's launch read the
     projected L; "types": argument types of every bound launch of the worker, its pipelines and their
     rasterizers})."""
-    from taichi.lang._ndarray import Ndarray
-
     from taichi_xray.datasets.spec import load_dataset
     from taichi_xray.datasets.worker import SampleRenderer
     from taichi_xray.kernels.buffers import is_nd
 
-    downloads = []
-    orig = Ndarray._ndarray_to_numpy
-
-    def counted(self):
-        downloads.append(id(self))
-        return orig(self)
-
-    Ndarray._ndarray_to_numpy = counted
-    try:
+    with counted_downloads() as downloads:
         r = SampleRenderer(load_dataset(path), seed)
         arrays, recs = {}, []
         for i in range(n):
@@ -402,9 +340,6 @@ def dataset_run(path, seed, n):
             for (dt, res_), rz in pipe._rz.items():
                 if res_:
                     types[f"{tag}_rasterizer"] = arg_types(rz._launch)
-                    types[f"{tag}_pool"] = arg_types(rz._pool._launch)
-    finally:
-        Ndarray._ndarray_to_numpy = orig
     return arrays, {"samples": recs, "types": types, "param_names": list(r.param_names)}
 
 
@@ -443,8 +378,7 @@ def main(path):
     res["p_path"] = pipe.render(kind="path_length").numpy()
     fwd2 = rz._launch._c["fwd"]
     same = fwd2 is fwd and [id(a) for a in fwd2.args if is_nd(a)] == ids0
-    types = {"rasterizer": arg_types(rz._launch), "pipeline": arg_types(pipe._launch),
-             "pool": arg_types(rz._pool._launch)}
+    types = {"rasterizer": arg_types(rz._launch), "pipeline": arg_types(pipe._launch)}
     # K growth in a rasterizer already bound: side by side (K = 2), then one behind the other
     sp, beside, behind = side_by_side()
     res["s_img0"] = sp.render([torch.as_tensor(v) for v in beside]).numpy()

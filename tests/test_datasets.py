@@ -9,13 +9,13 @@ import math
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from scenes import TET_OBJECTS, camera_toml, dataset_scene_toml, write_tet_meshes
 from taichi_xray.camera import Camera
 from taichi_xray.datasets.generate import CRASH_ENV, GenerateError, generate, plan_shards
 from taichi_xray.datasets.sampling import draw, parameter_names, seed_sequence
@@ -26,29 +26,7 @@ from taichi_xray.datasets.worker import SampleRenderer
 SEED = 7
 N, K = 10, 2  # 5 shards of 2
 
-SCENE = """
-[camera]
-sid = 500.0
-sdd = 800.0
-detector = [48, 40]
-pixel_spacing = 4.0
-[spectrum]
-kvp = 80
-filtration = { Al = 2.5 }
-bin_width = 4.0
-[detector]
-kind = "energy"
-scintillator = { material = "CsI", thickness_mm = 0.6 }
-[output]
-air = true
-""" + "".join(f"""
-[[object]]
-name = "{n}"
-mesh = "{n}.obj"
-material = "{m}"
-{'' if n == 'body' else 'parent = "body"'}
-""" for n, m in (("body", "soft_tissue"), ("lung_left", "lung"), ("lung_right", "lung"), ("heart", "blood"),
-                 ("bone", "cortical_bone")))
+SCENE = dataset_scene_toml()
 
 DATASET = """
 [dataset]
@@ -564,38 +542,11 @@ def test_dataset_of_a_scene_with_a_tetrahedral_object(tmp_path):
     """The worker's per-sample nesting check skips the faces between two tetrahedra (they are not a
     surface of their object), as Pipeline.check_nesting does: a tetrahedral bone inside a body renders,
     with no conflict pixel, the same line integral as the scene's own render."""
-    import textwrap
-
-    from reference_tet import kuhn_grid
-
-    import taichi_xray as tx
-    from taichi_xray.objects.tetmesh import TetMesh
-    from taichi_xray.primitives import icosphere
     from taichi_xray.render import render
     from taichi_xray.scene import load_scene
 
-    rng = np.random.default_rng(1)
-    lo, hi = np.array([-20.0, -15.0, -10.0]), np.array([20.0, 15.0, 10.0])
-    V, X = kuhn_grid((2, 2, 2), (hi - lo) / 2, lo, jitter=0.1, rng=rng)
-    TetMesh(V, X, rng.uniform(0.2, 1.5, (len(X), 2)), name="bone_tets").save(tmp_path / "tets.vtu")
-    tx.Mesh(*icosphere(60.0, 3), "body").save(tmp_path / "body.stl")
-    (tmp_path / "scene.toml").write_text(textwrap.dedent("""
-        [camera]
-        sid = 500.0
-        sdd = 800.0
-        detector = [48, 40]
-        pixel_spacing = 4.0
-        [spectrum]
-        monochromatic = 60.0
-        [[object]]
-        name = "body"
-        mesh = "body.stl"
-        material = "soft_tissue"
-        [[object]]
-        name = "bone_tets"
-        tetmesh = "tets.vtu"
-        parent = "body"
-        """))
+    write_tet_meshes(tmp_path)
+    (tmp_path / "scene.toml").write_text(camera_toml() + "[spectrum]\nmonochromatic = 60.0\n" + TET_OBJECTS)
     (tmp_path / "ds.toml").write_text('[dataset]\nscenes = ["scene.toml"]\n[camera]\nlao = 0.0\n[output]\n'
                                       'kind = "line_integral"\n')
     r = SampleRenderer(load_dataset(tmp_path / "ds.toml"), 1)
@@ -603,4 +554,5 @@ def test_dataset_of_a_scene_with_a_tetrahedral_object(tmp_path):
     assert not res.failed, res.error
     assert res.params[list(r.param_names).index("nesting_conflict_px")] == 0
     ref = render(load_scene(tmp_path / "scene.toml")).line_integral
+    assert ref.max() > 1.0  # the bone was seen
     np.testing.assert_allclose(res.image.numpy(), np.asarray(ref, np.float32), rtol=1e-4, atol=1e-4)

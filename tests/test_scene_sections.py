@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import taichi_xray as tx
+from scenes import TET_OBJECTS, write_tet_meshes
 from taichi_xray.cli import main
 from taichi_xray.objects import TetMesh, Volume
 from taichi_xray.physics import Spectrum
@@ -17,7 +18,6 @@ from taichi_xray.primitives import icosphere
 from taichi_xray.render import render
 from taichi_xray.scene import SceneError, load_scene
 
-from reference_tet import kuhn_grid
 
 CAMERA = """
 [camera]
@@ -85,24 +85,8 @@ def test_volume_with_a_mesh_inside_source_and_detector_model(tmp_path):
 
 
 def test_tetrahedral_object_in_a_scene(tmp_path):
-    rng = np.random.default_rng(1)
-    lo, hi = np.array([-20.0, -15.0, -10.0]), np.array([20.0, 15.0, 10.0])
-    V, X = kuhn_grid((2, 2, 2), (hi - lo) / 2, lo, jitter=0.1, rng=rng)
-    tm = TetMesh(V, X, rng.uniform(0.2, 1.5, (len(X), 2)), name="bone_tets")
-    tm.save(tmp_path / "tets.vtu")
-    tx.Mesh(*icosphere(60.0, 3), "body").save(tmp_path / "body.stl")
-    (tmp_path / "t.toml").write_text(textwrap.dedent(CAMERA + """
-        [spectrum]
-        monochromatic = 60.0
-        [[object]]
-        name = "body"
-        mesh = "body.stl"
-        material = "soft_tissue"
-        [[object]]
-        name = "bone_tets"
-        tetmesh = "tets.vtu"
-        parent = "body"
-        """))
+    write_tet_meshes(tmp_path)
+    (tmp_path / "t.toml").write_text(CAMERA + "[spectrum]\nmonochromatic = 60.0\n" + TET_OBJECTS)
     sc = load_scene(tmp_path / "t.toml")
     res = render(sc)
     loaded = TetMesh.load(tmp_path / "tets.vtu", name="bone_tets")

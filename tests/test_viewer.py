@@ -7,16 +7,14 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from scenes import write_viewer_scene
 from taichi_xray.camera import Camera
 from taichi_xray.imageio import load_projection_matrix, read_png, to_uint
-from taichi_xray.mesh import Mesh
-from taichi_xray.primitives import box, ellipsoid, icosphere
 from taichi_xray.scene import load_scene
 from taichi_xray.viewer_state import (CRAN_LIMIT, ViewerState, camera_path, display_quantity, drag_to_angles,
                                       unique_stem, window_to_uint8, wrap_angle)
@@ -29,43 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def scene_path(tmp_path_factory):
-    d = tmp_path_factory.mktemp("viewer_scene")
-    Mesh(*ellipsoid((90.0, 60.0, 110.0), n_lat=12, n_lon=24), "body").save(d / "body.stl")
-    Mesh(*box((30.0, 30.0, 120.0), centre=(0.0, 20.0, 0.0)), "bone").save(d / "bone.stl")
-    Mesh(*icosphere(30.0, 2, centre=(-50.0, -10.0, 20.0)), "lung").save(d / "lung.stl")  # beside the bone
-    (d / "small.toml").write_text(textwrap.dedent("""
-        [scene]
-        name = "small"
-        [camera]
-        sid = 600.0
-        sdd = 1000.0
-        detector = [48, 40]
-        pixel_spacing = 6.0
-        lao = 10.0
-        cran = -5.0
-        [spectrum]
-        kvp = 70
-        filtration = { Al = 2.5 }
-        bin_width = 5.0
-        [output]
-        kind = "line_integral"
-        air = true
-        [[object]]
-        name = "body"
-        mesh = "body.stl"
-        material = "soft_tissue"
-        [[object]]
-        name = "bone"
-        mesh = "bone.stl"
-        material = "cortical_bone"
-        parent = "body"
-        [[object]]
-        name = "lung"
-        mesh = "lung.stl"
-        material = "lung"
-        parent = "body"
-        """))
-    return d / "small.toml"
+    return write_viewer_scene(tmp_path_factory.mktemp("viewer_scene"))
 
 
 @pytest.fixture(scope="module")

@@ -109,26 +109,6 @@ class SampleResult:
     P: np.ndarray
 
 
-class _PathLengths:
-    """The path lengths L (I, C, H, W) of one projection as the kernels keep them (``dev``: a torch
-    tensor, or a resident ``ti.ndarray``) and, for what reads them on the host, their torch copy
-    (:meth:`host`: the tensor itself, or the ndarray downloaded at the first call and kept)."""
-
-    __slots__ = ("dev", "device", "_host")
-
-    def __init__(self, L, device):
-        self.dev, self.device, self._host = L, device, None
-
-    @property
-    def resident(self) -> bool:
-        return kb.is_nd(self.dev)
-
-    def host(self) -> torch.Tensor:
-        if self._host is None:
-            self._host = kb.to_torch(self.dev, self.device) if kb.is_nd(self.dev) else self.dev
-        return self._host
-
-
 class _SceneState:
     """Everything a renderer keeps for one scene."""
 
@@ -316,11 +296,11 @@ class SampleRenderer:
             return spectrum.photons / spectrum.photons.sum() * p.photons_per_pixel
         return np.asarray(spectrum.photons, dtype=np.float64)
 
-    def _transmission(self, st: _SceneState, pipe: Pipeline, Lp: _PathLengths, spectrum, p: SampleParams,
+    def _transmission(self, st: _SceneState, pipe: Pipeline, Lp: kb.HostCopy, spectrum, p: SampleParams,
                       cam: Camera, verts):
         """(T (H, W), intensity (H, W), floor) in the physics dtype on the device (torch).
         ``Lp``: the projection's path lengths; resident, Beer-Lambert reads them on the device and
-        :meth:`_PathLengths.host` downloads them only for scatter."""
+        :meth:`~taichi_xray.kernels.buffers.HostCopy.host` downloads them only for scatter."""
         spec = self.spec
         L = Lp.dev
         dt, dev = self.physics_dtype, Lp.device
@@ -481,7 +461,7 @@ class SampleRenderer:
         V = pipe.pack_vertices(verts)
         rs = self._project(pipe, V, p)  # raises NestingError / GeometryError
         cam = pipe.cameras[0]
-        Lp = _PathLengths(rs.L, self.device if kb.is_nd(rs.L) else rs.L.device)
+        Lp = kb.HostCopy(rs.L, self.device if kb.is_nd(rs.L) else rs.L.device)
         T, I, floor = self._transmission(st, pipe, Lp, spectrum, p, cam, verts)
         if out.kind == "line_integral":
             img = -torch.log(torch.clamp(T, min=floor))

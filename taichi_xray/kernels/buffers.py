@@ -6,15 +6,16 @@ so a rasterizer launch with ~20 array arguments moved all of them, every
 frame. :class:`BufferPool` hides the difference between the two storage kinds:
 
 * ``resident=False`` (CPU, CUDA): torch tensors on ``device``, exactly what the
-  callers used before (``zero_()``, ``amax()``, no conversion): nothing changes
-  on those backends.
+  callers used before (no conversion): nothing changes on those backends.
 * ``resident=True`` (:func:`taichi_xray.runtime.resident`): ``ti.ndarray``
   allocated once per (name, shape, dtype) and reused; zeroed on the device
-  (``Ndarray.fill``); the maximum of an int buffer is reduced on the device and
-  only that one number is read back; :meth:`BufferPool.upload` copies a host
-  array into a pooled ndarray (one host -> device copy) and
-  :meth:`BufferPool.resident` keeps a device copy of a torch table that is
-  uploaded again only when the table changes.
+  (``Ndarray.fill``); :meth:`BufferPool.upload` copies a host array into a
+  pooled ndarray (one host -> device copy) and :meth:`BufferPool.resident_copy`
+  keeps a device copy of a torch table that is uploaded again only when the
+  table changes.
+
+:class:`HostCopy` holds an array as the kernels keep it and downloads it at most
+once, for what reads it on the host (the viewer and the dataset worker).
 
 A bound launch (:mod:`taichi_xray.kernels.launch`) identifies an ndarray by its
 ``id``; the pool keeps its ndarrays alive, so a launch bound to them stays valid
@@ -26,7 +27,6 @@ import numpy as np
 import taichi as ti
 import torch
 
-from .launch import LaunchCache
 
 Ndarray = ti.lang._ndarray.Ndarray
 
@@ -87,16 +87,34 @@ def to_torch(a, device=None) -> torch.Tensor:
 
 
 @ti.kernel
-def _amax_int(a: ti.types.ndarray(), out: ti.types.ndarray()):
-    for I in ti.grouped(a):
-        ti.atomic_max(out[0], a[I])
-
-
-@ti.kernel
 def add_air(L: ti.types.ndarray(), ray: ti.types.ndarray(), cam_of: ti.types.ndarray(), ch: ti.i32):
     """L (I, C, H, W) channel ``ch`` += ray (n_cameras, H, W) of each instance's camera ``cam_of`` (I,)."""
     for i, r, c in ti.ndrange(L.shape[0], L.shape[2], L.shape[3]):
         L[i, ch, r, c] += ray[cam_of[i], r, c]
+
+
+class HostCopy:
+    """An array as the kernels keep it (``dev``: a torch tensor, or a resident ``ti.ndarray``) and its
+    torch copy for what reads it on the host: :meth:`host` is ``dev`` itself, or the ndarray
+    downloaded at the first call and kept (``downloads`` counts the downloads)."""
+
+    __slots__ = ("dev", "device", "downloads", "_host")
+
+    def __init__(self, a, device):
+        self.dev, self.device, self.downloads, self._host = a, device, 0, None
+
+    @property
+    def resident(self) -> bool:
+        return is_nd(self.dev)
+
+    def host(self) -> torch.Tensor:
+        if self._host is None:
+            if is_nd(self.dev):
+                self._host = to_torch(self.dev, self.device)
+                self.downloads += 1
+            else:
+                self._host = self.dev
+        return self._host
 
 
 class BufferPool:
@@ -109,7 +127,6 @@ class BufferPool:
         self._dummies: dict = {}
         self._src: dict = {}
         self._src_ver: dict = {}
-        self._launch = LaunchCache()
 
     # ------------------------------------------------------------------ allocation
     def get(self, name: str, shape, dtype: torch.dtype, zero: bool = False):
@@ -154,14 +171,6 @@ class BufferPool:
             a.fill(0)
         else:
             zero_tensor(a)
-
-    def amax(self, a) -> int:
-        """Maximum of an int buffer with non-negative values (0 when empty); one number read back."""
-        if not is_nd(a):
-            return int(a.amax()) if a.numel() else 0
-        out = self.get("_amax", (1,), torch.int32, zero=True)
-        self._launch("amax", _amax_int, a, out)
-        return int(out.to_numpy()[0])
 
     def upload(self, name: str, a, dtype: torch.dtype | None = None):
         """``a`` (numpy array or torch tensor) on the kernels' device: a contiguous torch tensor when

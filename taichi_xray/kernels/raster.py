@@ -37,7 +37,9 @@ Geometry of one face, for one pixel (u, v) = (c, r):
 * sign: ``+t`` where the ray leaves the mesh (``n . d > 0``), ``-t`` where it
   enters. Twice the projected signed area is ``det(M) (v0 - s) . n /
   (w0 w1 w2)``, so the sign is ``sign(area) * sign(det M)`` (cameras carry
-  ``sign(det M)``) and the forward pass never reads the face normal.
+  ``sign(det M)``) and the forward pass never reads the face normal. The forward
+  kernel reads each face as its sorted vertex indices and the parity of that
+  order (``rasterize._sorted_rows``), so the area's sign is multiplied by it.
 """
 
 import taichi as ti
@@ -77,7 +79,7 @@ def _face_edges(p0, p1, p2, real: ti.template()):
 
     Returns s and, per edge, (ax, ay, dx, dy): the edge from its lower vertex index to its higher one,
     (i1 -> i2), (i0 -> i2), (i0 -> i1), opposite the corners 0, 1, 2. ``s`` = +-1 (0: seen edge-on,
-    covers nothing) is the sign of twice the projected signed area ``area2`` of (p0, p1, p2) (the first
+    covers nothing) is the sign of twice the projected signed area of (p0, p1, p2) (the first
     edge's value at p0) and orients the edge functions inside-positive: the face runs edges 0 and 2 in
     their canonical direction (k = s) and edge 1 against it (k = -s). The per-pixel value ``k * (dx *
     (py - ay) - dy * (px - ax))`` is computed from the same canonical operands by both faces of an
@@ -93,7 +95,7 @@ def _face_edges(p0, p1, p2, real: ti.template()):
         s = ti.cast(1, real)
     if area2 < 0:
         s = ti.cast(-1, real)
-    return s, area2, ax0, ay0, dx0, dy0, ax1, ay1, dx1, dy1, ax2, ay2, dx2, dy2
+    return s, ax0, ay0, dx0, dy0, ax1, ay1, dx1, dy1, ax2, ay2, dx2, dy2
 
 
 @ti.func
@@ -288,7 +290,7 @@ def _raster_face(i, t, V: ti.template(), F: ti.template(), Fp: ti.template(), fi
         p2 = ti.Vector([u2, v2])
         c0, c1, r0, r1 = _bounds(p0, p1, p2, H, W)
         if c0 <= c1 and r0 <= r1:  # most faces of a fine mesh contain no pixel centre
-            s, area2, ax0, ay0, dx0, dy0, ax1, ay1, dx1, dy1, ax2, ay2, dx2, dy2 = _face_edges(p0, p1, p2, real)
+            s, ax0, ay0, dx0, dy0, ax1, ay1, dx1, dy1, ax2, ay2, dx2, dy2 = _face_edges(p0, p1, p2, real)
             if s != 0:  # seen edge-on: covers nothing
                 k0 = s
                 k1 = -s
@@ -383,8 +385,8 @@ def _raster_face(i, t, V: ti.template(), F: ti.template(), Fp: ti.template(), fi
 @ti.kernel
 def raster_forward(
     V: ti.types.ndarray(),  # (S, N, 3) vertex sets, world mm
-    F: ti.types.ndarray(),  # (M, 3) int32 faces in traversal order (rows of the faces, possibly reordered)
-    Fp: ti.types.ndarray(),  # (M, 3) int32 positions of each row's corners in proj; read when perm
+    F: ti.types.ndarray(),  # (M, 4) int32 face rows in traversal order: sorted vertex indices, parity (_sorted_rows)
+    Fp: ti.types.ndarray(),  # (M, 3) int32 positions of each row's (sorted) corners in proj; read when perm
     vpos: ti.types.ndarray(),  # (N,) int32 position of every vertex in proj; read when perm
     fid: ti.types.ndarray(),  # (M,) int32 face id of each row of F (into the slots, face_obj and lin_idx)
     face_obj: ti.types.ndarray(),  # (M,) int32 object of every face
@@ -435,7 +437,9 @@ def raster_forward(
     in ``proj`` and row t reads its corners at ``Fp[t]``: large meshes are traversed in a
     spatial order (see ``rasterize._face_order``), and their vertices are stored in the
     order that traversal first uses them, so both the corner reads and the pixel writes
-    stay in the cache. ``F`` keeps the user's vertex indices (the edge tie rules read them).
+    stay in the cache. Each row of ``F`` holds its face's vertex indices in increasing order and
+    +-1 the parity of that order (``rasterize._sorted_rows``): the edges' canonical directions (the
+    tie rules) then follow from the row, and the parity restores the face's sign.
 
     Channels accumulate ``w * sign * (t - w0 |d|)`` rather than ``w * sign * t``, with w0
     the depth of a reference point near the scene (per instance) and ``t - w0 |d|``
@@ -758,7 +762,7 @@ def raster_backward_faces(
             p2 = ti.Vector([u2, v2])
             c0, c1, r0, r1 = _bounds(p0, p1, p2, H, W)
             q0, q1, q2 = _sort3(i0, i1, i2, p0, p1, p2)  # as the forward pass's rows
-            s, area2, ax0, ay0, dx0, dy0, ax1, ay1, dx1, dy1, ax2, ay2, dx2, dy2 = _face_edges(q0, q1, q2, real)
+            s, ax0, ay0, dx0, dy0, ax1, ay1, dx1, dy1, ax2, ay2, dx2, dy2 = _face_edges(q0, q1, q2, real)
             if c0 <= c1 and r0 <= r1 and s != 0:
                 for r in range(r0, r1 + 1):
                     for c in range(c0, c1 + 1):
